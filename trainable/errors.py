@@ -1,0 +1,11 @@
+"""The one exception type for input a user can fix."""
+
+
+class UserError(Exception):
+    """Bad input (config value, flag, file, model, address): the CLI prints it on one line and exits 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        # One line, always: a multi-line library message would read like a traceback.
+        super().__init__(" ".join(str(message).split()))

@@ -1,0 +1,293 @@
+"""One QLoRA trial, standalone: `python -m trainable.train --help`.
+
+    python -m trainable.train --data-dir ../shared/data/unfair_tos --epochs 3 --eval-test
+
+`train(cfg)` is a plain function (the tune driver wraps it): check every input, build the
+model and data, fit with validation after each epoch, keep the best epoch's adapter,
+optionally evaluate it on the test split, and return the metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainable.checkpoint import (
+    METRICS,
+    RESUME,
+    EpochCheckpoint,
+    Report,
+    load_adapter_weights,
+    write_json,
+)
+from trainable.cli import ArgumentParser
+from trainable.config import DEMO_DATA, HUB_DATA, OBJECTIVE, TrialConfig
+from trainable.errors import UserError
+
+log = logging.getLogger("trainable")
+
+ADAPTER_DIR = "adapter"  # under output_dir: the best epoch's adapter folder
+CHECKPOINTS_DIR = "checkpoints"  # under output_dir: per-epoch folders while training
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What one trial produced."""
+
+    best_epoch: int
+    metrics: dict[str, float]
+    """Train and validation metrics of the best epoch by OBJECTIVE."""
+    history: list[dict[str, float]]
+    """Metrics of every epoch, in order."""
+    adapter_dir: str | None
+    """The best epoch's adapter folder (None if it is not on this machine)."""
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    """Test-split metrics of the best adapter (when cfg.eval_test)."""
+    seconds: float = 0.0
+    """Wall time of the fit, including validation."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class _Prepared:
+    device: str
+    precision: str
+    tokenizer: Any
+    loaders: dict[str, Any]
+    class_weights: Any
+
+
+def prepare(cfg: TrialConfig, resume_from: Path | None = None) -> _Prepared:
+    """Check every input that can be checked before training; load and tokenize the data."""
+    from trainable import data, model
+
+    device = model.resolve_device(cfg)
+    model_config = model.load_model_config(cfg)
+    tokenizer = model.load_tokenizer(cfg)
+    model.check_max_length(cfg, model_config, tokenizer)
+    model.check_quantization(cfg.quantization, device)
+    output = Path(cfg.output_dir)
+    if resume_from is None and (output / ADAPTER_DIR).exists():
+        raise UserError(f"output_dir {output} already holds a trained adapter; pass another "
+                        f"--output-dir or remove it")
+    if resume_from is not None and not (Path(resume_from) / RESUME).is_file():
+        raise UserError(f"resume checkpoint {resume_from}: {RESUME} is missing")
+    splits = data.load_splits(cfg)
+    loaders = {"train": data.make_loader(data.ClauseDataset(splits.train, tokenizer, cfg.max_length),
+                                         tokenizer, cfg, train=True),
+               "val": data.make_loader(data.ClauseDataset(splits.validation, tokenizer,
+                                                          cfg.max_length), tokenizer, cfg, train=False)}
+    if splits.test is not None:
+        loaders["test"] = data.make_loader(data.ClauseDataset(splits.test, tokenizer, cfg.max_length),
+                                           tokenizer, cfg, train=False)
+    weights = data.class_weights(splits.train["label"], cfg.class_weighting)
+    log.info("data: %d train, %d validation%s clauses; class weights %s", len(splits.train),
+             len(splits.validation), "" if splits.test is None else f", {len(splits.test)} test",
+             None if weights is None else [round(w, 3) for w in weights.tolist()])
+    return _Prepared(device, model.resolve_precision(cfg, device), tokenizer,
+                     loaders, weights)
+
+
+def train(cfg: TrialConfig, callbacks: Sequence[Any] = (), report: Report | None = None,
+          resume_from: Path | None = None, progress: bool = True,
+          **trainer_args: Any) -> TrialResult:
+    """Fine-tune one configuration; return the best epoch's metrics and adapter folder.
+
+    `callbacks` are extra Lightning callbacks; `report(metrics, folder)` is called after
+    each epoch once its checkpoint folder is on disk; `resume_from` is such a folder to
+    continue from; `trainer_args` go to `lightning.Trainer` (strategy, devices, ...).
+    """
+    import lightning.pytorch as pl
+    import torch
+
+    from trainable.model import build_model, count_parameters
+    from trainable.module import ClauseClassifier
+
+    log.info("trial config: %s", json_line(cfg.to_dict()))
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    prepared = prepare(cfg, resume_from)
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    net = build_model(cfg, prepared.device, prepared.precision)
+    trainable_params, total_params = count_parameters(net)
+    log.info("model %s: %s quantization, %d of %d parameters trainable (%.2f%%)", cfg.model,
+             cfg.quantization, trainable_params, total_params, 100 * trainable_params / total_params)
+    module = ClauseClassifier(net, cfg, prepared.class_weights)
+
+    output = Path(cfg.output_dir)
+    epochs = EpochCheckpoint(output / CHECKPOINTS_DIR, cfg, report, resume_from)
+    trainer = pl.Trainer(
+        accelerator=prepared.device,
+        precision=prepared.precision,
+        max_epochs=cfg.epochs,
+        logger=False,
+        callbacks=[epochs, *callbacks],
+        num_sanity_val_steps=0,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        default_root_dir=str(output),
+        **({"devices": 1} | trainer_args),
+    )
+    started = time.perf_counter()
+    trainer.fit(module, train_dataloaders=prepared.loaders["train"],
+                val_dataloaders=prepared.loaders["val"],
+                ckpt_path=None if resume_from is None else str(Path(resume_from) / RESUME),
+                weights_only=True)
+    seconds = time.perf_counter() - started
+    return _finish(cfg, trainer, module, epochs, prepared, seconds)
+
+
+def _finish(cfg: TrialConfig, trainer: Any, module: Any, epochs: EpochCheckpoint,
+            prepared: _Prepared, seconds: float) -> TrialResult:
+    """Keep the best epoch's adapter, evaluate it on test if asked, write metrics.json."""
+    if epochs.best_metrics is None:
+        raise RuntimeError("training finished without a validation result")
+    output = Path(cfg.output_dir)
+    adapter_dir = None
+    test_metrics: dict[str, float] = {}
+    best = epochs.best_dir
+    if best is not None and best.is_dir() and trainer.is_global_zero:
+        adapter_dir = output / ADAPTER_DIR
+        tmp = output / f".{ADAPTER_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(best, tmp, ignore=shutil.ignore_patterns(RESUME))
+        tmp.replace(adapter_dir)
+        shutil.rmtree(output / CHECKPOINTS_DIR, ignore_errors=True)
+        if "test" in prepared.loaders:
+            load_adapter_weights(module.model, adapter_dir)
+            results = trainer.test(module, dataloaders=prepared.loaders["test"], verbose=False)
+            test_metrics = {k: float(v) for k, v in results[0].items()}
+    result = TrialResult(best_epoch=int(epochs.best_metrics["epoch"]),
+                         metrics=dict(epochs.best_metrics), history=list(epochs.history),
+                         adapter_dir=None if adapter_dir is None else str(adapter_dir),
+                         test_metrics=test_metrics, seconds=round(seconds, 2))
+    if trainer.is_global_zero:
+        write_json(output / METRICS, result.to_dict())
+    return result
+
+
+def json_line(data: Any) -> str:
+    """Compact one-line JSON for logs."""
+    import json
+
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def add_trial_arguments(p: Any) -> None:
+    """The trial-config flags (each sets one TrialConfig field; unset flags leave it alone)."""
+    defaults = TrialConfig()
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data-dir", dest="data", metavar="DIR",
+                     help="folder with train/validation/test files (.tsv .csv .jsonl .parquet)")
+    src.add_argument("--data", dest="data", choices=[HUB_DATA, DEMO_DATA],
+                     help=f"'{HUB_DATA}': LexGLUE unfair_tos from the Hugging Face hub (default); "
+                          f"'{DEMO_DATA}': the small shipped demo set")
+    p.add_argument("--model", help=f"model id or folder (default: {defaults.model}, packaged)")
+    p.add_argument("--quantization", choices=["4bit", "8bit", "none"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lora-rank", type=int)
+    p.add_argument("--lora-alpha", type=float, help="default: 2 x rank")
+    p.add_argument("--lora-dropout", type=float)
+    p.add_argument("--target-modules", nargs="+", metavar="NAME",
+                   help="default: detected from the architecture")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-ratio", type=float)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--precision", choices=["auto", "32-true", "bf16-mixed", "16-mixed"])
+    p.add_argument("--class-weighting", choices=["balanced", "sqrt", "none"])
+    p.add_argument("--max-train-samples", type=int, metavar="N")
+    p.add_argument("--max-eval-samples", type=int, metavar="N")
+    p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
+                   default=None)
+    p.add_argument("--pad-to-max-length", action="store_true", default=None)
+    p.add_argument("--accelerator", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--trust-remote-code", action="store_true", default=None)
+
+
+TRIAL_FLAG_FIELDS = tuple(f.name for f in dataclasses.fields(TrialConfig))
+
+
+def trial_changes(args: dict[str, Any]) -> dict[str, Any]:
+    """The TrialConfig fields set on the command line (pops them from `args`)."""
+    changes = {k: args.pop(k) for k in list(args) if k in TRIAL_FLAG_FIELDS}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if "target_modules" in changes:
+        changes["target_modules"] = tuple(changes["target_modules"])
+    return changes
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[TrialConfig, Path | None]:
+    """CLI flags to a TrialConfig (each flag sets one field) and an optional resume folder."""
+    p = ArgumentParser(prog="python -m trainable.train",
+                       description="Fine-tune one QLoRA classifier on UNFAIR-ToS.")
+    add_trial_arguments(p)
+    p.add_argument("--eval-test", action="store_true", default=None,
+                   help="evaluate the best adapter on the test split")
+    p.add_argument("--output-dir", metavar="DIR")
+    p.add_argument("--resume-from", metavar="DIR", type=Path,
+                   help="an epoch folder (with resume.ckpt) to continue from")
+    args = vars(p.parse_args(argv))
+    resume_from = args.pop("resume_from")
+    return TrialConfig().replace(**trial_changes(args)), resume_from
+
+
+def configure_logging(verbose: bool = True) -> None:
+    """Our INFO lines on stderr; the libraries' start-up chatter off."""
+    import warnings
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                  "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns on every import that the optional `kernels` package is missing.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: run one trial, print the best epoch's metrics and the adapter path."""
+    configure_logging()
+    try:
+        cfg, resume_from = parse_args(argv)
+        result = train(cfg, resume_from=resume_from)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(f"best epoch {result.best_epoch} of {cfg.epochs} by {OBJECTIVE.metric} "
+          f"({OBJECTIVE.mode}):")
+    for key, value in sorted(result.metrics.items()):
+        if key != "epoch":
+            print(f"  {key:16s} {value:.4f}")
+    for key, value in sorted(result.test_metrics.items()):
+        print(f"  {key:16s} {value:.4f}")
+    print(f"adapter: {result.adapter_dir}")
+    print(f"metrics: {Path(cfg.output_dir) / METRICS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
