@@ -1,0 +1,322 @@
+"""Mirror a study into MLflow: one parent run per study, one child run per trial.
+
+Every write is idempotent and keyed by (study, trial id), so the mirror can be replayed from
+Ray's durable results at any time without duplicating runs, params or metric steps: after a
+driver restart (`--resume`), after the tracking server was down (`python -m tune.sync`), or
+live from the driver.
+
+Why not `ray.air.integrations.mlflow.MLflowLoggerCallback`: it keeps the trial-to-run map
+only in memory (a resumed study gets a second run per trial), re-logs params on restore
+("Changing param values is not allowed"), loses whatever was reported while the server was
+unreachable, and adds `config/*` metrics. Those are the failure modes this product exists
+to survive, so the mirror is written against MLflow's client API directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainable.checkpoint import METRICS, RESUME
+from trainable.config import OBJECTIVE, TrialConfig
+from trainable.errors import UserError
+from tune.study import StudyConfig
+
+log = logging.getLogger("tune.mirror")
+
+# Trial states as tagged in MLflow (tag `state`).
+RUNNING, COMPLETED, STOPPED, FAILED = "running", "completed", "stopped_early", "failed"
+_RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", FAILED: "FAILED"}
+
+BEST_METRIC = f"{OBJECTIVE.metric}_best"  # running best of the objective, for sorting in the UI
+ADAPTER_ARTIFACT = "adapter"
+# Keys Ray adds to every result; only the trial's own metrics are mirrored.
+_RAY_KEYS = {"epoch", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
+             "time_since_restore", "iterations_since_restore", "done", "should_checkpoint",
+             "checkpoint_dir_name", "trial_id", "date", "hostname", "node_ip", "pid",
+             "experiment_tag", "config"}
+
+
+@dataclass
+class TrialRecord:
+    """What the mirror needs to know about a trial; built live or from Ray's results."""
+
+    trial_id: str
+    sampled: dict[str, Any]
+    results: list[dict[str, Any]] = field(default_factory=list)
+    state: str = RUNNING
+    error: str | None = None
+    checkpoints: list[str] = field(default_factory=list)
+    """Checkpoint folders of the trial (local paths or URIs), any order."""
+
+    @property
+    def epochs(self) -> int:
+        """Epochs reported so far."""
+        return max((int(r.get("epoch", r.get("training_iteration", 0))) for r in self.results),
+                   default=0)
+
+    @property
+    def node(self) -> str | None:
+        """The node that ran the trial's latest epoch."""
+        return self.results[-1].get("node_ip") if self.results else None
+
+
+def trial_state(ray_status: str, epochs_done: int, max_epochs: int) -> str:
+    """Map a Ray trial status to completed / stopped_early / failed / running.
+
+    A trial that failed and then succeeded on retry is completed (or stopped), not failed.
+    """
+    if ray_status == "ERROR":
+        return FAILED
+    if ray_status == "TERMINATED":
+        return COMPLETED if epochs_done >= max_epochs else STOPPED
+    return RUNNING
+
+
+def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The trial's own metrics in a Ray result (drops Ray's bookkeeping)."""
+    return {k: float(v) for k, v in result.items()
+            if k not in _RAY_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(float(v))}
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (one line) when the tracking server cannot be reached or the store not written."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status != 200:
+                    raise UserError(f"MLflow tracking server {uri} answered {r.status} on /health")
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise UserError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
+    elif uri.startswith("sqlite:///"):
+        parent = Path(uri[len("sqlite:///"):]).parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise UserError(f"MLflow store {uri}: folder {parent} is missing or not writable")
+    elif uri.startswith("file:") or "://" not in uri:
+        raise UserError(f"MLflow tracking URI {uri}: use http(s)://host:port or sqlite:///path "
+                        f"(MLflow 3 no longer writes file stores)")
+
+
+class Mirror:
+    """Writes a study's parent run and its trials' child runs, idempotently."""
+
+    def __init__(self, study: StudyConfig, base: TrialConfig):
+        from mlflow.tracking import MlflowClient
+
+        self.study = study
+        self.base = base
+        self.client = MlflowClient(tracking_uri=study.tracking_uri)
+        self.experiment_id: str | None = None
+        self.parent_id: str | None = None
+        self._runs: dict[str, str] = {}
+        self._uploaded: dict[str, int] = {}
+
+    # -- study --------------------------------------------------------------------------------
+    def start(self, resume: bool) -> str:
+        """Find or create the experiment and the study's parent run; return the parent run id."""
+        exp = self.client.get_experiment_by_name(self.study.experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+            self.study.experiment)
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.study = '{self.study.name}' and tags.run_type = 'study'")
+        if found and not resume:
+            raise UserError(f"MLflow experiment {self.study.experiment!r} already has a study "
+                            f"named {self.study.name!r}; pass --resume or another --name")
+        if found:
+            self.parent_id = found[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+            return self.parent_id
+        run = self.client.create_run(self.experiment_id, run_name=self.study.name, tags={
+            "study": self.study.name, "run_type": "study",
+            "storage": self.study.experiment_path, "objective": OBJECTIVE.metric,
+            "objective_mode": OBJECTIVE.mode})
+        self.parent_id = run.info.run_id
+        self._log_params(self.parent_id, {f"study.{k}": v for k, v in self.study.to_dict().items()
+                                          if k not in ("address", "mlflow_uri")})
+        return self.parent_id
+
+    def attach(self, parent_id: str) -> None:
+        """Use an existing parent run (the study was started before)."""
+        self.parent_id = parent_id
+        self.experiment_id = self.client.get_run(parent_id).info.experiment_id
+
+    def finish(self, best: TrialRecord | None, status: str = "FINISHED",
+               optuna_db: Path | None = None, counts: dict[str, int] | None = None) -> None:
+        """Record the best trial and the Optuna study on the parent run, then close it."""
+        assert self.parent_id is not None
+        tags = {f"trials_{k}": str(v) for k, v in (counts or {}).items()}
+        if best is not None:
+            best_result = best_epoch_result(best.results)
+            tags |= {"best_trial_id": best.trial_id,
+                     "best_epoch": str(int(best_result.get("epoch", 0)))}
+            metrics = epoch_metrics(best_result)
+            self.client.log_batch(self.parent_id, metrics=_metrics(metrics, step=0))
+            self._log_params(self.parent_id, {f"best.{k}": v for k, v in best.sampled.items()})
+        self.client.log_batch(self.parent_id, tags=_tags(tags))
+        if optuna_db is not None and optuna_db.is_file():
+            self.client.log_artifact(self.parent_id, str(optuna_db), "optuna")
+        self.client.set_terminated(self.parent_id, status)
+
+    # -- trials -------------------------------------------------------------------------------
+    def apply(self, record: TrialRecord) -> str:
+        """Make the trial's child run match `record`; safe to repeat. Returns the run id."""
+        run_id = self._child_run(record.trial_id)
+        run = self.client.get_run(run_id)
+        if not run.data.params:
+            cfg = self._trial_config(record)
+            params = cfg.to_dict()
+            params["searched"] = ",".join(self.study.searched)
+            self._log_params(run_id, params)
+        logged = {int(m.step) for m in self.client.get_metric_history(run_id, OBJECTIVE.metric)}
+        best = None
+        metrics = []
+        for result in sorted(record.results, key=lambda r: int(r.get("epoch", 0))):
+            epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+            values = epoch_metrics(result)
+            score = values.get(OBJECTIVE.metric)
+            if score is not None and OBJECTIVE.better(score, best):
+                best = score
+            if epoch in logged or score is None:
+                continue
+            values[BEST_METRIC] = best
+            stamp = int(float(result.get("timestamp", time.time())) * 1000)
+            metrics += _metrics(values, step=epoch, timestamp=stamp)
+            logged.add(epoch)
+        for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(run_id, metrics=metrics[i:i + 900])
+        tags = {"state": record.state, "epochs": str(record.epochs)}
+        if record.node:
+            tags["node"] = record.node
+            tags["hostname"] = str(record.results[-1].get("hostname", ""))
+        if record.error:
+            tags["error"] = record.error[:4000]
+        self.client.log_batch(run_id, tags=_tags(tags))
+        if record.state != RUNNING:
+            self._upload_best_adapter(run_id, record)
+            if run.info.status != _RUN_STATUS.get(record.state):
+                self.client.set_terminated(run_id, _RUN_STATUS[record.state])
+        return run_id
+
+    def _child_run(self, trial_id: str) -> str:
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        assert self.experiment_id is not None and self.parent_id is not None
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.study = '{self.study.name}' and tags.trial_id = '{trial_id}'")
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}", tags={
+                "mlflow.parentRunId": self.parent_id, "study": self.study.name,
+                "trial_id": trial_id, "run_type": "trial", "state": RUNNING}).info.run_id
+        self._runs[trial_id] = run_id
+        return run_id
+
+    def _trial_config(self, record: TrialRecord) -> TrialConfig:
+        from tune.space import trial_config
+
+        return trial_config(self.base, record.sampled)
+
+    def _upload_best_adapter(self, run_id: str, record: TrialRecord) -> None:
+        best = best_checkpoint(record.checkpoints)
+        if best is None:
+            return
+        folder, metrics = best
+        epoch = int(metrics.get("epoch", 0))
+        tags = self.client.get_run(run_id).data.tags
+        if tags.get("adapter_epoch") == str(epoch):
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            local = fetch_folder(folder, Path(tmp) / ADAPTER_ARTIFACT, skip=(RESUME,))
+            self.client.log_artifacts(run_id, str(local), ADAPTER_ARTIFACT)
+        self.client.set_tag(run_id, "adapter_epoch", str(epoch))
+
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 90):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run_id, params=items[i:i + 90])
+
+
+def best_epoch_result(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The result with the best objective over all epochs (not only the last)."""
+    best: dict[str, Any] = {}
+    for r in results:
+        score = r.get(OBJECTIVE.metric)
+        if score is not None and OBJECTIVE.better(float(score), best.get(OBJECTIVE.metric)):
+            best = r
+    return best
+
+
+def best_checkpoint(folders: list[str]) -> tuple[str, dict[str, Any]] | None:
+    """The checkpoint folder whose metrics.json has the best objective."""
+    best: tuple[str, dict[str, Any]] | None = None
+    for folder in folders:
+        metrics = read_json(f"{folder.rstrip('/')}/{METRICS}")
+        if metrics is None or OBJECTIVE.metric not in metrics:
+            continue
+        if best is None or OBJECTIVE.better(metrics[OBJECTIVE.metric], best[1][OBJECTIVE.metric]):
+            best = (folder, metrics)
+    return best
+
+
+def read_json(location: str) -> Any | None:
+    """Read a JSON file from a local path or a storage URI (None when absent or unreadable)."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(location) if "://" in location else (
+            pafs.LocalFileSystem(), location)
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def fetch_folder(location: str, dest: Path, skip: tuple[str, ...] = ()) -> Path:
+    """Copy a folder from a local path or storage URI to `dest`, leaving out `skip` names."""
+    import pyarrow.fs as pafs
+
+    if "://" not in location:
+        shutil.copytree(location, dest, ignore=shutil.ignore_patterns(*skip))
+        return dest
+    fs, path = pafs.FileSystem.from_uri(location)
+    dest.mkdir(parents=True, exist_ok=True)
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
+        if info.type == pafs.FileType.File and info.base_name not in skip:
+            pafs.copy_files(info.path, str(dest / info.base_name), source_filesystem=fs)
+    return dest
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+    return text[:6000]
+
+
+def _metrics(values: dict[str, float], step: int, timestamp: int | None = None) -> list[Any]:
+    from mlflow.entities import Metric
+
+    stamp = timestamp if timestamp is not None else int(time.time() * 1000)
+    return [Metric(k, float(v), stamp, step) for k, v in sorted(values.items())]
+
+
+def _tags(values: dict[str, str]) -> list[Any]:
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, str(v)) for k, v in sorted(values.items())]

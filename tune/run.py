@@ -1,0 +1,224 @@
+"""Tune QLoRA fine-tuning on UNFAIR-ToS: `python tune/run.py --help`.
+
+    python tune/run.py --smoke                              # tiny local study, demo data
+    python tune/run.py --data-dir ../shared/data/unfair_tos # 8 trials, 2 at a time
+    python tune/run.py --address auto --mlflow-uri http://127.0.0.1:5000 ...  # on a cluster
+
+Flags of `python -m trainable.train` fix that trial-config field for every trial (a searched
+field passed this way is no longer searched). Precedence: defaults < --smoke < --config
+file < flags.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trainable.cli import ArgumentParser
+from trainable.config import DEMO_DATA, OBJECTIVE, TrialConfig
+from trainable.errors import UserError
+from trainable.train import add_trial_arguments, configure_logging, trial_changes
+from tune.study import SEARCHED, StudyConfig
+
+# --smoke: a tiny study for the quickstart and CI (about two minutes on two cores).
+SMOKE_STUDY = {"name": "smoke", "num_trials": 3, "max_concurrent": 2, "lora_ranks": (4, 8),
+               "max_lengths": (64,), "batch_sizes": (16, 32), "lr_min": 1e-3, "lr_max": 5e-3}
+SMOKE_TRIAL = {"epochs": 2, "data": DEMO_DATA}
+
+# Study fields a --resume may change: where things run and are mirrored, not what is searched.
+RESUMABLE = {"name", "storage_path", "address", "mlflow_uri"}
+
+_STUDY_FLAGS = {
+    "name": dict(help="study name (Ray folder and MLflow parent run)"),
+    "num_trials": dict(type=int, metavar="N"),
+    "max_concurrent": dict(type=int, metavar="N"),
+    "cpus_per_trial": dict(type=float, metavar="N"),
+    "gpus_per_trial": dict(type=float, metavar="N", help="fractions share a GPU, e.g. 0.5"),
+    "workers_per_trial": dict(type=int, metavar="N", help="data-parallel workers (Ray Train)"),
+    "trial_resource": dict(metavar="NAME", help="custom Ray resource each trial needs"),
+    "lr_min": dict(type=float),
+    "lr_max": dict(type=float),
+    "lora_ranks": dict(type=int, nargs="+", metavar="R"),
+    "max_lengths": dict(type=int, nargs="+", metavar="L"),
+    "batch_sizes": dict(type=int, nargs="+", metavar="B"),
+    "search": dict(choices=["optuna", "random"]),
+    "startup_trials": dict(type=int, metavar="N"),
+    "scheduler": dict(choices=["asha", "none"]),
+    "grace_period": dict(type=int, metavar="EPOCHS"),
+    "reduction_factor": dict(type=float),
+    "search_seed": dict(type=int, dest="seed", metavar="SEED"),
+    "checkpoints_per_trial": dict(type=int, metavar="N"),
+    "max_failures": dict(type=int, metavar="N"),
+    "storage_path": dict(metavar="DIR_OR_URI"),
+    "address": dict(help="Ray cluster address (auto, host:port); default: start Ray here"),
+    "mlflow_uri": dict(metavar="URI", help="default: sqlite:///mlflow.db here"),
+    "experiment": dict(help="MLflow experiment name"),
+}
+
+
+def build_parser() -> ArgumentParser:
+    """The driver's flags: study fields, then every trial flag of trainable.train."""
+    p = ArgumentParser(prog="python tune/run.py", description=__doc__.split("\n")[0])
+    study = p.add_argument_group("study")
+    for name, spec in _STUDY_FLAGS.items():
+        spec = dict(spec)
+        study.add_argument(f"--{name.replace('_', '-')}", dest=spec.pop("dest", name), **spec)
+    study.add_argument("--config", type=Path, metavar="FILE",
+                       help="YAML/JSON file with `study:` and `trial:` sections")
+    study.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    study.add_argument("--smoke", action="store_true",
+                       help="tiny study (3 trials, 2 epochs, demo data unless --data-dir)")
+    add_trial_arguments(p.add_argument_group("trial (fixed for every trial)"))
+    return p
+
+
+def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `study` and `trial` sections of a YAML or JSON config file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"config file {path}: cannot read ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict) or set(data) - {"study", "trial"}:
+        raise UserError(f"config file {path}: expected only `study:` and `trial:` sections")
+    study, trial = data.get("study") or {}, data.get("trial") or {}
+    if not isinstance(study, dict) or not isinstance(trial, dict):
+        raise UserError(f"config file {path}: `study` and `trial` must be mappings")
+    return study, trial
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[StudyConfig, TrialConfig, bool]:
+    """Flags (and config file) to (study config, base trial config, resume)."""
+    args = vars(build_parser().parse_args(argv))
+    config_file, resume, smoke = args.pop("config"), args.pop("resume"), args.pop("smoke")
+    trial_flags = trial_changes(args)
+    study_flags = {k: v for k, v in args.items() if v is not None}
+    if resume:
+        return _resume_configs(study_flags, trial_flags, config_file, smoke)
+    study_values: dict[str, Any] = dict(SMOKE_STUDY) if smoke else {}
+    trial_values: dict[str, Any] = dict(SMOKE_TRIAL) if smoke else {}
+    if config_file is not None:
+        file_study, file_trial = read_config_file(config_file)
+        study_values |= file_study
+        trial_values |= file_trial
+    study_values |= study_flags
+    trial_values |= trial_flags
+    # A searched field fixed for every trial (flag or file) is no longer searched.
+    fixed = [f for f in SEARCHED if f in trial_values]
+    if fixed and "searched" not in study_values:
+        study_values["searched"] = tuple(f for f in SEARCHED if f not in fixed)
+    trial_values.pop("output_dir", None)  # each trial writes to its own folder
+    base = TrialConfig().replace(**trial_values)
+    study = StudyConfig().replace(**study_values)
+    if not study.searched:
+        raise UserError("every searched field is fixed; nothing to tune (drop one of "
+                        f"--{' --'.join(f.replace('_', '-') for f in SEARCHED)})")
+    return study, base, False
+
+
+def _resume_configs(study_flags: dict[str, Any], trial_flags: dict[str, Any],
+                    config_file: Path | None, smoke: bool) -> tuple[StudyConfig, TrialConfig, bool]:
+    from tune.results import read_study_file
+
+    extra = sorted(set(study_flags) - RESUMABLE) + sorted(trial_flags)
+    if config_file is not None or extra:
+        given = ["--config"] if config_file is not None else []
+        given += [f"--{k.replace('_', '-')}" for k in extra]
+        raise UserError(f"--resume continues a study with its saved settings; drop "
+                        f"{' '.join(given)}")
+    where = StudyConfig().replace(**({"name": SMOKE_STUDY["name"]} if smoke else {})
+                                  | {k: v for k, v in study_flags.items() if k in RESUMABLE})
+    stored = read_study_file(where.experiment_path)
+    if stored is None:
+        raise UserError(f"--resume: no study at {where.experiment_path} (check --name and "
+                        f"--storage-path)")
+    study, base, _ = stored
+    overrides = {k: v for k, v in study_flags.items() if k in ("address", "mlflow_uri")}
+    return study.replace(storage_path=where.storage_path, **overrides), base, True
+
+
+def mlflow_ui_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """Where to look at a run in the MLflow UI."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return (f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000, "
+            f"then http://127.0.0.1:5000/{page}")
+
+
+def print_summary(summary: Any) -> None:
+    """The study's outcome: counts, compute, the best trial and where to find it."""
+    from tune.mirror import COMPLETED, FAILED, STOPPED
+
+    study, counts = summary.study, summary.counts
+    epochs_run = sum(r.epochs for r in summary.records)
+    print(f"\nstudy {study.name}: {len(summary.records)} trials ({counts.get(COMPLETED, 0)} "
+          f"completed, {counts.get(STOPPED, 0)} stopped early by ASHA, {counts.get(FAILED, 0)} "
+          f"failed) in {summary.seconds / 60:.1f} min")
+    print(f"trial-epochs run: {epochs_run}; trials' own time {summary.trial_seconds / 60:.1f} min")
+    if summary.best is None:
+        print("no trial reported a result")
+        return
+    best = summary.best_result
+    params = "  ".join(f"{k}={summary.best.sampled.get(k)}" for k in study.searched)
+    print(f"best trial {summary.best.trial_id}: {OBJECTIVE.metric} "
+          f"{best[OBJECTIVE.metric]:.4f} at epoch {best.get('epoch')}")
+    print(f"  {params}")
+    print(f"  adapter: {summary.best_adapter}")
+    if summary.mlflow_synced:
+        print(f"  MLflow run: {summary.best_run_id} (study run {summary.parent_run_id})")
+        print(f"  MLflow UI: {mlflow_ui_hint(study.tracking_uri, summary.experiment_id, summary.best_run_id)}")
+    else:
+        print(f"  MLflow not updated; once it is reachable: python -m tune.sync --name "
+              f"{study.name} --storage-path {study.storage_path}")
+
+
+def quiet_libraries() -> None:
+    """Keep the study's console to its progress lines and warnings."""
+    import logging
+
+    for name in ("mlflow", "optuna", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    except ImportError:
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the study the flags describe; print the best trial."""
+    configure_logging()
+    # A tracking server that is down must cost seconds, not MLflow's default minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Ray's new console output prints its own boxes even at verbose=0; the study prints its
+    # own one-line progress (tune.driver.ProgressPrinter).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    quiet_libraries()
+    try:
+        study, base, resume = parse_args(argv)
+        from tune.driver import run_study
+
+        summary = run_study(study, base, resume=resume)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    print_summary(summary)
+    if summary.interrupted:
+        print(f"study interrupted; continue it with: python tune/run.py --resume --name "
+              f"{study.name} --storage-path {study.storage_path}", file=sys.stderr)
+        return 130
+    if summary.best is None:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
