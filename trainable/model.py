@@ -140,11 +140,24 @@ def check_quantization(quantization: str, device: str) -> None:
                         f"{device} ({type(e).__name__}: {e}); {hint}") from None
 
 
-def default_target_modules(model_type: str) -> list[str] | str:
-    """LoRA targets for an architecture: peft's table, else every linear layer but the head."""
+def default_target_modules(model_type: str, model: torch.nn.Module | None = None) -> list[str] | str:
+    """LoRA targets for an architecture: peft's table, else every linear layer but the head.
+
+    With peft's table (attention query/value), a pooler layer between the encoder and the
+    head gets an adapter too: BERT classifies from `pooler.dense` over [CLS], which
+    sentence-embedding checkpoints such as all-MiniLM never trained, and frozen it stalls
+    learning (val F1 0.49 vs ... after 5 epochs on UNFAIR-ToS, see BENCHMARKS.md).
+    """
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN
 
-    return list(KNOWN.get(model_type) or []) or "all-linear"
+    known = list(KNOWN.get(model_type) or [])
+    if not known:
+        return "all-linear"
+    if model is not None:
+        known += [name for name, module in model.named_modules()
+                  if "pooler" in name.split(".") and hasattr(module, "weight")
+                  and getattr(module.weight, "ndim", 0) == 2]
+    return known
 
 
 def build_base_model(cfg: TrialConfig, device: str, precision: str) -> Any:
@@ -187,7 +200,7 @@ def build_model(cfg: TrialConfig, device: str, precision: str) -> Any:
 
     model = build_base_model(cfg, device, precision)
     targets = list(cfg.target_modules) if cfg.target_modules else default_target_modules(
-        model.config.model_type)
+        model.config.model_type, model)
     lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_rank, lora_alpha=cfg.alpha,
                       lora_dropout=cfg.lora_dropout, target_modules=targets)
     try:
