@@ -61,6 +61,50 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def warm_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT with its encoder briefly trained on the demo set and a fresh head.
+
+    A random encoder gives every trial the same (zero) F1, so ASHA and the best-trial logic
+    would only ever see ties; these features make the learning rate matter within seconds.
+    """
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from trainable.config import PACKAGED_MODEL
+    from trainable.data import demo_dir, read_split_file
+    from trainable.model import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(PACKAGED_MODEL))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=128,
+                        max_position_embeddings=128, num_labels=2,
+                        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    train = read_split_file(demo_dir() / "train.tsv")
+    enc = tokenizer(train["text"].tolist(), truncation=True, max_length=64, padding=True,
+                    return_tensors="pt")
+    labels = torch.tensor(train["label"].tolist())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(4):
+        order = torch.randperm(len(labels))
+        for i in range(0, len(labels), 16):
+            idx = order[i:i + 16]
+            loss = model(input_ids=enc["input_ids"][idx],
+                         attention_mask=enc["attention_mask"][idx], labels=labels[idx]).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    fresh = BertForSequenceClassification(config)  # new random head, trained encoder
+    fresh.bert.load_state_dict(model.bert.state_dict())
+    folder = tmp_path_factory.mktemp("warm-tiny-bert")
+    fresh.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """The real UNFAIR-ToS files: $UNFAIR_TOS_DIR or ../shared/data/unfair_tos."""
     folder = Path(os.environ.get("UNFAIR_TOS_DIR") or REPO_ROOT.parent / "shared" / "data"
@@ -94,3 +138,121 @@ def cli():
 def error_lines(stderr: str) -> list[str]:
     """The lines of `stderr` our CLIs print for a user error (libraries may add warnings)."""
     return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll `url` until it answers 200 (MLflow's /health), or fail the test."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode} before {url} was healthy")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{url} not healthy after {timeout:.0f} s")
+
+
+class MlflowServer:
+    """A real `mlflow server` (sqlite backend, local artifacts) on 127.0.0.1."""
+
+    def __init__(self, root: Path, port: int | None = None):
+        self.root = root
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> MlflowServer:
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server",
+             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"),
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_healthy(f"{self.uri}/health", proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """One MLflow tracking server for the session (studies use their own experiments)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.stop()
+
+
+def run_study_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
+                  timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run `python tune/run.py *args` (the real driver script) in `cwd`."""
+    merged = cli_env({"RAY_DEDUP_LOGS": "0", **(env or {})})
+    return subprocess.run([sys.executable, str(REPO_ROOT / "tune" / "run.py"), *map(str, args)],
+                          env=merged, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_study_args(model_dir: Path, storage: Path, mlflow_uri: str, name: str,
+                    experiment: str, **overrides: object) -> list[str]:
+    """Flags of a small real study with the tiny model on the demo data (about a minute)."""
+    flags: dict[str, object] = {
+        "--name": name, "--experiment": experiment, "--mlflow-uri": mlflow_uri,
+        "--storage-path": storage, "--model": model_dir, "--data": "demo",
+        "--num-trials": 6, "--max-concurrent": 2, "--epochs": 3, "--reduction-factor": 2,
+        "--grace-period": 1, "--lr-min": 1e-3, "--lr-max": 3e-2, "--lora-ranks": "4 8",
+        "--max-lengths": "32 64", "--batch-sizes": "16 32", "--max-train-samples": 160,
+        "--max-eval-samples": 60, "--cpus-per-trial": 1, "--search-seed": 0,
+    }
+    flags.update({f"--{k.replace('_', '-')}": v for k, v in overrides.items()})
+    out: list[str] = []
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        if value is True:
+            out.append(flag)
+        else:
+            out += [flag, *str(value).split(" ")]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_study(warm_tiny_model_dir: Path, mlflow_server: MlflowServer,
+               tmp_path_factory: pytest.TempPathFactory):
+    """A finished real study (tiny model, demo data) mirrored into the MLflow server.
+
+    Returns a dict: name, experiment, storage (Path), tracking_uri, proc (CompletedProcess).
+    """
+    work = tmp_path_factory.mktemp("tiny-study")
+    name, experiment = "tiny", "tests-tiny"
+    proc = run_study_cli(*tiny_study_args(warm_tiny_model_dir, work / "runs", mlflow_server.uri,
+                                          name, experiment), cwd=work)
+    if proc.returncode != 0:
+        pytest.fail(f"tiny study failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                    f"{proc.stderr[-5000:]}")
+    return {"name": name, "experiment": experiment, "storage": work / "runs", "cwd": work,
+            "tracking_uri": mlflow_server.uri, "proc": proc, "model_dir": warm_tiny_model_dir}

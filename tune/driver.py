@@ -70,13 +70,13 @@ def make_searcher(study: StudyConfig) -> Any:
     if study.search == "random":
         from ray.tune.search import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=study.seed)
+        return BasicVariantGenerator(random_state=study.search_seed)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     url = optuna_storage_url(study)
     Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    sampler = optuna.samplers.TPESampler(seed=study.seed, n_startup_trials=study.n_startup_trials)
+    sampler = optuna.samplers.TPESampler(seed=study.search_seed, n_startup_trials=study.n_startup_trials)
     return OptunaSearch(sampler=sampler, study_name=study.name,
                         storage=optuna.storages.RDBStorage(url))
 
@@ -268,17 +268,26 @@ def resolve_gpus(study: StudyConfig) -> float:
     return float(study.gpus_per_trial)
 
 
-def _autoscaler_offers_gpus() -> bool:
-    # A cluster launched with `ray up` may have no GPU worker yet (min_workers 0): its
-    # autoscaler config lists the GPU node types it can start on demand.
-    try:
-        import ray
-        from ray.autoscaler.v2.sdk import get_cluster_status
-        status = get_cluster_status(ray.get_runtime_context().gcs_address)
-    except Exception:
+def _autoscaler_offers_gpus(bootstrap: Path = Path("~/ray_bootstrap_config.yaml")) -> bool:
+    """Whether this cluster's autoscaler can start GPU workers that are not up yet.
+
+    A cluster launched with `ray up` may have no GPU worker yet (min_workers 0); `ray up`
+    writes the cluster config to the head as ~/ray_bootstrap_config.yaml, which lists the
+    node types the autoscaler starts on demand.
+    """
+    import yaml
+
+    path = bootstrap.expanduser()
+    if not path.is_file():
         return False
-    return any("GPU" in (getattr(n, "resources", {}) or {})
-               for n in getattr(status, "pending_launches", []) + getattr(status, "idle_nodes", []))
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    head = config.get("head_node_type")
+    return any((spec.get("resources") or {}).get("GPU", 0) > 0 and spec.get("max_workers", 0) > 0
+               for name, spec in (config.get("available_node_types") or {}).items()
+               if name != head and isinstance(spec, dict))
 
 
 def _describe(resources: dict[str, float]) -> str:
@@ -308,6 +317,9 @@ def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False) -> St
     import ray
 
     started = time.time()
+    # Pin the default sqlite store to an absolute path: a resume or sync from another working
+    # directory must reach the same store.
+    study = study.replace(mlflow_uri=study.tracking_uri)
     check_tracking_uri(study.tracking_uri)
     check_trial_inputs(study, base)
     stored = read_study_file(study.experiment_path)
@@ -355,7 +367,9 @@ def _tuner(study: StudyConfig, base: TrialConfig, gpus: float, restore: bool) ->
         tune_config=tune.TuneConfig(
             metric=OBJECTIVE.metric, mode=OBJECTIVE.mode, search_alg=make_searcher(study),
             scheduler=make_scheduler(study, base.epochs), num_samples=study.num_trials,
-            max_concurrent_trials=study.max_concurrent),
+            max_concurrent_trials=study.max_concurrent,
+            # Reusing a trial process skips ~10 s of importing torch, Lightning and transformers.
+            reuse_actors=True),
         run_config=tune.RunConfig(
             name=study.name, storage_path=study.storage_uri, callbacks=callbacks, verbose=0,
             checkpoint_config=tune.CheckpointConfig(

@@ -161,11 +161,13 @@ class Mirror:
         tags = {f"trials_{k}": str(v) for k, v in (counts or {}).items()}
         if best is not None:
             best_result = best_epoch_result(best.results)
+            # Tags, not params: a resumed study may find a better trial, and MLflow params
+            # cannot change once logged.
             tags |= {"best_trial_id": best.trial_id,
                      "best_epoch": str(int(best_result.get("epoch", 0)))}
+            tags |= {f"best.{k}": _param_value(v) for k, v in best.sampled.items()}
             metrics = epoch_metrics(best_result)
             self.client.log_batch(self.parent_id, metrics=_metrics(metrics, step=0))
-            self._log_params(self.parent_id, {f"best.{k}": v for k, v in best.sampled.items()})
         self.client.log_batch(self.parent_id, tags=_tags(tags))
         if optuna_db is not None and optuna_db.is_file():
             self.client.log_artifact(self.parent_id, str(optuna_db), "optuna")

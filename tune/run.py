@@ -11,6 +11,7 @@ file < flags.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -49,7 +50,7 @@ _STUDY_FLAGS = {
     "scheduler": dict(choices=["asha", "none"]),
     "grace_period": dict(type=int, metavar="EPOCHS"),
     "reduction_factor": dict(type=float),
-    "search_seed": dict(type=int, dest="seed", metavar="SEED"),
+    "search_seed": dict(type=int, metavar="SEED"),
     "checkpoints_per_trial": dict(type=int, metavar="N"),
     "max_failures": dict(type=int, metavar="N"),
     "storage_path": dict(metavar="DIR_OR_URI"),
@@ -88,7 +89,20 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     study, trial = data.get("study") or {}, data.get("trial") or {}
     if not isinstance(study, dict) or not isinstance(trial, dict):
         raise UserError(f"config file {path}: `study` and `trial` must be mappings")
-    return study, trial
+    return _floats(study, StudyConfig), _floats(trial, TrialConfig)
+
+
+def _floats(values: dict[str, Any], cls: type) -> dict[str, Any]:
+    # YAML 1.1 reads `1e-3` (no dot) as a string; float fields take it as the number meant.
+    float_fields = {f.name for f in dataclasses.fields(cls) if "float" in str(f.type)}
+    out = dict(values)
+    for key, value in values.items():
+        if key in float_fields and isinstance(value, str):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                pass  # left as is: the config's own validation names the field
+    return out
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[StudyConfig, TrialConfig, bool]:
@@ -181,14 +195,12 @@ def quiet_libraries() -> None:
     """Keep the study's console to its progress lines and warnings."""
     import logging
 
-    for name in ("mlflow", "optuna", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        import optuna
+    import mlflow  # noqa: F401  (configures its loggers on import; set levels after)
+    import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-    except ImportError:
-        pass
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Ray's new console output prints its own boxes even at verbose=0; the study prints its
     # own one-line progress (tune.driver.ProgressPrinter).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Adapter checkpoints every epoch are small; Ray's warning about frequent snapshots is noise.
+    # The mirror closes one run per trial; MLflow would print two URLs for each.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     quiet_libraries()
     try:
         study, base, resume = parse_args(argv)

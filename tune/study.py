@@ -60,8 +60,8 @@ class StudyConfig:
     """Epochs every trial gets before ASHA may stop it."""
     reduction_factor: float = 2.0
     """ASHA keeps 1/reduction_factor of the trials at each rung."""
-    seed: int = 0
-    """Seed of the sampler (trial seeds stay in the trial config)."""
+    search_seed: int = 0
+    """Seed of the sampler (each trial's own seed stays in the trial config)."""
     checkpoints_per_trial: int = 2
     """Best adapter checkpoints kept per trial by the objective (plus the latest, for resume)."""
     max_failures: int = 2
@@ -95,7 +95,7 @@ class StudyConfig:
                             f"(got {self.gpus_per_trial!r})")
         if not (_number(self.lr_min) and _number(self.lr_max) and self.lr_min > 0
                 and math.isfinite(self.lr_max)):
-            raise UserError(f"learning-rate range must be positive numbers "
+            raise UserError(f"lr_min and lr_max must be positive numbers "
                             f"(got {self.lr_min!r} to {self.lr_max!r})")
         if self.lr_min >= self.lr_max:
             raise UserError(f"learning-rate range is empty or reversed: lr_min {self.lr_min} must "
@@ -116,7 +116,7 @@ class StudyConfig:
         _positive_int("grace_period", self.grace_period)
         if not _number(self.reduction_factor) or self.reduction_factor < 1.5:
             raise UserError(f"reduction_factor must be >= 1.5 (got {self.reduction_factor!r})")
-        _positive_int("seed", self.seed, minimum=0)
+        _positive_int("search_seed", self.search_seed, minimum=0)
         _positive_int("checkpoints_per_trial", self.checkpoints_per_trial)
         _positive_int("max_failures", self.max_failures, minimum=0)
         if not str(self.storage_path).strip():

@@ -1,0 +1,262 @@
+"""Real studies: the `tune/run.py` script, a local Ray runtime, a real MLflow server."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, cli_env, error_lines, run_study_cli, tiny_study_args
+from tune.mirror import BEST_METRIC, COMPLETED, FAILED, STOPPED
+
+pytestmark = pytest.mark.integration
+
+SEARCHED = ("lr", "lora_rank", "max_length", "batch_size")
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _runs(uri: str, experiment: str, study: str):
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment}"
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.study = '{study}'",
+                              max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("run_type") == "study"]
+    children = [r for r in runs if r.data.tags.get("run_type") == "trial"]
+    return client, parents, children
+
+
+def _trial_dirs(storage: Path, name: str) -> dict[str, Path]:
+    found = {}
+    for folder in (storage / name).iterdir():
+        result = folder / "result.json"
+        if folder.is_dir() and result.is_file():
+            lines = result.read_text().splitlines()
+            if lines:
+                found[json.loads(lines[0])["trial_id"]] = folder
+    return found
+
+
+def test_every_trial_is_one_child_run_of_one_parent(tiny_study):
+    client, parents, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                      tiny_study["name"])
+    assert len(parents) == 1
+    parent = parents[0]
+    assert len(children) == 6
+    assert len({r.data.tags["trial_id"] for r in children}) == 6
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["study.num_trials"] == "6"
+
+
+def test_child_runs_hold_sampled_and_fixed_params_and_per_epoch_history(tiny_study):
+    client, _, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                tiny_study["name"])
+    dirs = _trial_dirs(tiny_study["storage"], tiny_study["name"])
+    assert set(dirs) == {r.data.tags["trial_id"] for r in children}
+    for run in children:
+        sampled = json.loads((dirs[run.data.tags["trial_id"]] / "params.json").read_text())
+        params = run.data.params
+        assert float(params["lr"]) == pytest.approx(sampled["lr"])
+        for key in ("lora_rank", "max_length", "batch_size"):
+            assert int(params[key]) == sampled[key]
+        # Fixed trial-config fields pass through unchanged.
+        assert params["epochs"] == "3" and params["data"] == "demo"
+        assert params["model"] == str(tiny_study["model_dir"])
+        epochs = int(run.data.tags["epochs"])
+        for key in ("val/f1", "val/loss", "val/precision", "val/recall", "val/macro_f1",
+                    "train/loss", BEST_METRIC):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert steps == list(range(1, epochs + 1)), (key, steps)
+        assert run.data.tags["node"]
+        assert run.data.tags["state"] in (COMPLETED, STOPPED)
+
+
+def test_asha_stopped_at_least_one_trial_and_mlflow_says_so(tiny_study):
+    client, _, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                tiny_study["name"])
+    states = {r.data.tags["trial_id"]: (r.data.tags["state"], int(r.data.tags["epochs"]))
+              for r in children}
+    stopped = [t for t, (state, _) in states.items() if state == STOPPED]
+    assert stopped, f"ASHA stopped no trial: {states}"
+    for state, epochs in states.values():
+        assert (epochs < 3) if state == STOPPED else (epochs == 3 and state == COMPLETED)
+    assert "stopped early by ASHA" in tiny_study["proc"].stdout
+
+
+def test_reported_best_trial_is_the_highest_val_f1_in_mlflow(tiny_study):
+    client, parents, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                      tiny_study["name"])
+    best_by_mlflow = max(
+        children, key=lambda r: max(m.value for m in client.get_metric_history(
+            r.info.run_id, "val/f1")))
+    best_score = max(m.value for m in client.get_metric_history(best_by_mlflow.info.run_id,
+                                                                 "val/f1"))
+    out = tiny_study["proc"].stdout
+    match = re.search(r"best trial (\S+): val/f1 ([0-9.]+) at epoch (\d+)", out)
+    assert match, out[-2000:]
+    assert match.group(1) == best_by_mlflow.data.tags["trial_id"]
+    assert float(match.group(2)) == pytest.approx(best_score, abs=1e-4)
+    assert parents[0].data.tags["best_trial_id"] == match.group(1)
+    assert parents[0].data.metrics["val/f1"] == pytest.approx(best_score)
+    assert best_by_mlflow.info.run_id in out
+
+
+def test_each_finished_trial_has_its_best_adapter_as_artifact(tiny_study):
+    client, _, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                tiny_study["name"])
+    for run in children:
+        names = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "adapter")}
+        assert {"adapter_model.safetensors", "adapter_config.json",
+                "trial_config.json", "metrics.json"} <= names
+        assert "resume.ckpt" not in names
+        history = client.get_metric_history(run.info.run_id, "val/f1")
+        best_epoch = max(history, key=lambda m: (m.value, -m.step)).step
+        assert run.data.tags["adapter_epoch"] == str(best_epoch)
+
+
+def test_checkpoints_stay_bounded_and_hold_no_base_weights(tiny_study):
+    for folder in _trial_dirs(tiny_study["storage"], tiny_study["name"]).values():
+        checkpoints = sorted(folder.glob("checkpoint_*"))
+        assert 1 <= len(checkpoints) <= 3  # best 2 by val/f1, plus the latest
+        for ckpt in checkpoints:
+            assert (ckpt / "adapter_model.safetensors").is_file()
+            total = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
+            assert total < 5_000_000, f"{ckpt} holds {total} bytes"
+    assert (tiny_study["storage"] / tiny_study["name"] / "optuna.db").is_file()
+
+
+def _wait_for(pattern: str, proc: subprocess.Popen, lines: list[str], timeout: float) -> None:
+    deadline = time.time() + timeout
+    assert proc.stdout is not None
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                pytest.fail(f"study exited ({proc.returncode}) before {pattern!r}:\n"
+                            + "".join(lines[-40:]))
+            continue
+        lines.append(line)
+        if re.search(pattern, line):
+            return
+    pytest.fail(f"{pattern!r} not seen in {timeout} s")
+
+
+def test_resume_after_an_interruption_adds_no_duplicate_run(warm_tiny_model_dir, mlflow_server,
+                                                            tmp_path):
+    name, experiment = "resumable", "tests-resume"
+    args = tiny_study_args(warm_tiny_model_dir, tmp_path / "runs", mlflow_server.uri, name,
+                           experiment, num_trials=4, max_concurrent=1, scheduler="none",
+                           epochs=2)
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tune" / "run.py"), *args],
+                            cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        _wait_for(r"completed after 2 epoch", proc, lines, timeout=600)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C while the second trial runs
+        rest, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines.append(rest)
+    first_out = "".join(lines)
+    assert proc.returncode == 130, first_out[-3000:]
+    finished = set(re.findall(r"trial (\S+) completed after", first_out))
+    assert finished
+
+    resumed = run_study_cli("--resume", "--name", name, "--storage-path", tmp_path / "runs",
+                            "--mlflow-uri", mlflow_server.uri, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "MLflow could not be updated" not in resumed.stderr
+    rerun = set(re.findall(r"trial (\S+) started", resumed.stdout))
+    assert not finished & rerun, f"finished trials ran again: {finished & rerun}"
+
+    client, parents, children = _runs(mlflow_server.uri, experiment, name)
+    assert len(parents) == 1
+    ids = [r.data.tags["trial_id"] for r in children]
+    assert len(ids) == len(set(ids)) == 4
+    for run in children:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/f1")]
+        assert steps == [1, 2], (run.data.tags["trial_id"], steps)
+        assert run.data.tags["state"] == COMPLETED
+    assert parents[0].info.status == "FINISHED"
+
+
+# -- bad input: one line, exit 2, before any trial starts, nothing written --------------------
+
+def _main(argv, capsys):
+    from tune.run import main
+
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize("flags, culprit", [
+    (["--lr-min", "1e-3", "--lr-max", "1e-4"], "lr_min"),
+    (["--lora-ranks", "8", "0"], "lora_ranks"),
+    (["--max-lengths", "64", "100000"], "max_lengths"),
+    (["--batch-sizes", "0"], "batch_sizes"),
+    (["--max-concurrent", "0"], "max_concurrent"),
+    (["--address", "127.0.0.1:1"], "Ray address 127.0.0.1:1"),
+    (["--mlflow-uri", "http://127.0.0.1:1"], "MLflow tracking server http://127.0.0.1:1"),
+    (["--mlflow-uri", "file:///tmp/mlruns"], "MLflow tracking URI"),
+    (["--data-dir", "/no/such/dir"], "/no/such/dir"),
+])
+def test_bad_study_input_fails_before_any_trial(flags, culprit, tmp_path, monkeypatch, capsys,
+                                                 tiny_model_dir):
+    monkeypatch.chdir(tmp_path)
+    storage = tmp_path / "runs"
+    argv = ["--model", tiny_model_dir, "--storage-path", storage, *flags]
+    if "--data-dir" not in flags:
+        argv += ["--data", "demo"]
+    if "--max-lengths" not in flags:
+        argv += ["--max-lengths", "32", "64"]  # within the tiny model's 128 positions
+    code, err = _main(argv, capsys)
+    assert code == 2
+    assert len(error_lines(err)) == 1 and culprit in error_lines(err)[0], err
+    assert "Traceback" not in err
+    assert not storage.exists()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_gpus_asked_on_a_cluster_without_gpus(tmp_path, tiny_model_dir):
+    storage = tmp_path / "runs"
+    proc = run_study_cli("--model", tiny_model_dir, "--data", "demo", "--storage-path", storage,
+                         "--max-lengths", "32", "64",
+                         "--gpus-per-trial", "0.5", "--mlflow-uri",
+                         f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1 and "gpus_per_trial 0.5" in errors[0] and "no GPUs" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert not (storage / "qlora-unfair-tos").exists()
+
+
+def test_starting_a_study_twice_without_resume_is_refused(tiny_study, capsys, monkeypatch):
+    monkeypatch.chdir(tiny_study["cwd"])
+    code, err = _main(tiny_study_args(tiny_study["model_dir"], tiny_study["storage"],
+                                      tiny_study["tracking_uri"], tiny_study["name"],
+                                      tiny_study["experiment"]), capsys)
+    assert code == 2 and "--resume" in error_lines(err)[0]
+    _, parents, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                 tiny_study["name"])
+    assert len(parents) == 1 and len(children) == 6
+
+
+def test_failed_state_is_never_reported_for_a_clean_study(tiny_study):
+    _, _, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                           tiny_study["name"])
+    assert all(r.data.tags["state"] != FAILED for r in children)

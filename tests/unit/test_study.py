@@ -1,0 +1,212 @@
+"""Study config, search space and CLI parsing of the tuning driver (no Ray started)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from trainable.config import DEMO_DATA, OBJECTIVE, TrialConfig
+from trainable.errors import UserError
+from tune.run import SMOKE_STUDY, parse_args
+from tune.space import search_space, trial_config
+from tune.study import SEARCHED, StudyConfig
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_are_valid_and_sized_to_the_budget():
+    study = StudyConfig()
+    assert study.num_trials >= study.max_concurrent >= 1
+    assert 2 <= study.n_startup_trials <= 10
+    assert StudyConfig(num_trials=60).n_startup_trials == 10
+    assert StudyConfig(num_trials=3).n_startup_trials == 2
+    assert StudyConfig(num_trials=8, startup_trials=5).n_startup_trials == 5
+
+
+@pytest.mark.parametrize(
+    "changes, culprit",
+    [
+        ({"lr_min": 1e-3, "lr_max": 1e-4}, "lr_min"),
+        ({"lr_min": 1e-3, "lr_max": 1e-3}, "empty or reversed"),
+        ({"lr_min": 0.0}, "positive"),
+        ({"lr_min": -1.0}, "positive"),
+        ({"lora_ranks": ()}, "lora_ranks"),
+        ({"lora_ranks": (8, 0)}, "lora_ranks"),
+        ({"lora_ranks": (8, 8)}, "twice"),
+        ({"max_lengths": (64, 2)}, "max_lengths"),
+        ({"batch_sizes": (16, "32")}, "batch_sizes"),
+        ({"batch_sizes": (16, True)}, "batch_sizes"),
+        ({"max_concurrent": 0}, "max_concurrent"),
+        ({"num_trials": 0}, "num_trials"),
+        ({"cpus_per_trial": 0}, "cpus_per_trial"),
+        ({"gpus_per_trial": -0.5}, "gpus_per_trial"),
+        ({"gpus_per_trial": 1.5}, "gpus_per_trial"),
+        ({"workers_per_trial": 0}, "workers_per_trial"),
+        ({"reduction_factor": 1.0}, "reduction_factor"),
+        ({"grace_period": 0}, "grace_period"),
+        ({"checkpoints_per_trial": 0}, "checkpoints_per_trial"),
+        ({"max_failures": -1}, "max_failures"),
+        ({"search": "grid"}, "search"),
+        ({"scheduler": "pbt"}, "scheduler"),
+        ({"name": "../escape"}, "study name"),
+        ({"name": ""}, "study name"),
+        ({"searched": ("lr", "dropout")}, "searched"),
+    ],
+)
+def test_bad_study_values_are_one_line_errors_naming_the_culprit(changes, culprit):
+    with pytest.raises(UserError) as err:
+        StudyConfig().replace(**changes)
+    message = str(err.value)
+    assert culprit in message
+    assert "\n" not in message
+
+
+def test_unknown_field_is_rejected():
+    with pytest.raises(UserError, match="unknown study config field"):
+        StudyConfig().replace(learning_rate=1e-3)
+
+
+def test_fractional_and_whole_gpus_are_accepted():
+    assert StudyConfig(gpus_per_trial=0.5).gpus_per_trial == 0.5
+    assert StudyConfig(gpus_per_trial=2).gpus_per_trial == 2
+
+
+def test_search_space_is_a_pure_function_of_the_study():
+    study = StudyConfig(lr_min=2e-4, lr_max=2e-3, lora_ranks=(4, 16), max_lengths=(64,),
+                        batch_sizes=(8, 32))
+    space = search_space(study)
+    assert set(space) == set(SEARCHED)
+    assert (space["lr"].lower, space["lr"].upper) == (2e-4, 2e-3)
+    assert "LogUniform" in type(space["lr"].get_sampler()).__name__
+    assert list(space["lora_rank"].categories) == [4, 16]
+    assert list(space["max_length"].categories) == [64]
+    assert list(space["batch_size"].categories) == [8, 32]
+    # Same input, same output; the study is not modified.
+    again = search_space(study)
+    assert (again["lr"].lower, again["lr"].upper) == (space["lr"].lower, space["lr"].upper)
+    assert study == StudyConfig(lr_min=2e-4, lr_max=2e-3, lora_ranks=(4, 16),
+                                max_lengths=(64,), batch_sizes=(8, 32))
+
+
+def test_samples_stay_inside_the_ranges():
+    space = search_space(StudyConfig(lr_min=1e-4, lr_max=1e-3))
+    for _ in range(200):
+        lr = space["lr"].sample()
+        assert 1e-4 <= lr <= 1e-3
+        assert space["lora_rank"].sample() in StudyConfig().lora_ranks
+
+
+def test_only_searched_fields_get_a_domain():
+    space = search_space(StudyConfig(searched=("lr", "batch_size")))
+    assert set(space) == {"lr", "batch_size"}
+
+
+def test_trial_config_takes_sampled_values_and_keeps_the_rest():
+    import numpy as np
+
+    base = TrialConfig(epochs=5, data=DEMO_DATA, seed=7)
+    cfg = trial_config(base, {"lr": np.float64(3e-4), "lora_rank": np.int64(16),
+                              "max_length": 64, "batch_size": 8})
+    assert (cfg.lr, cfg.lora_rank, cfg.max_length, cfg.batch_size) == (3e-4, 16, 64, 8)
+    assert type(cfg.lora_rank) is int and type(cfg.lr) is float
+    assert (cfg.epochs, cfg.data, cfg.seed) == (5, DEMO_DATA, 7)
+
+
+def test_objective_is_the_unfair_class_f1():
+    assert (OBJECTIVE.metric, OBJECTIVE.mode) == ("val/f1", "max")
+    assert OBJECTIVE.better(0.5, 0.4) and not OBJECTIVE.better(0.4, 0.5)
+    assert OBJECTIVE.better(0.1, float("nan")) and not OBJECTIVE.better(float("nan"), 0.1)
+
+
+def test_cli_flags_map_to_study_and_trial_fields():
+    study, base, resume = parse_args([
+        "--num-trials", "12", "--max-concurrent", "3", "--lr-min", "1e-5", "--lr-max", "1e-3",
+        "--lora-ranks", "8", "16", "--gpus-per-trial", "0.5", "--epochs", "4",
+        "--data-dir", "/data", "--quantization", "8bit", "--search-seed", "3",
+        "--storage-path", "s3://bucket/runs", "--address", "auto",
+        "--mlflow-uri", "http://127.0.0.1:5000", "--experiment", "exp", "--name", "s1"])
+    assert not resume
+    assert (study.num_trials, study.max_concurrent, study.lr_min, study.lr_max) == (
+        12, 3, 1e-5, 1e-3)
+    assert study.lora_ranks == (8, 16) and study.gpus_per_trial == 0.5 and study.search_seed == 3
+    assert study.storage_path == "s3://bucket/runs" and study.is_remote_storage
+    assert study.experiment_path == "s3://bucket/runs/s1"
+    assert (base.epochs, base.data, base.quantization) == (4, "/data", "8bit")
+    assert study.searched == SEARCHED
+
+
+def test_a_searched_field_fixed_by_a_trial_flag_is_not_searched():
+    study, base, _ = parse_args(["--max-length", "128", "--lr", "1e-3"])
+    assert base.max_length == 128 and base.lr == 1e-3
+    assert study.searched == ("lora_rank", "batch_size")
+    assert set(search_space(study)) == {"lora_rank", "batch_size"}
+
+
+def test_fixing_every_searched_field_is_an_error():
+    with pytest.raises(UserError, match="nothing to tune"):
+        parse_args(["--lr", "1e-3", "--lora-rank", "8", "--max-length", "64",
+                    "--batch-size", "16"])
+
+
+def test_smoke_is_tiny_and_uses_the_demo_data_unless_told_otherwise():
+    study, base, _ = parse_args(["--smoke"])
+    assert study.num_trials == SMOKE_STUDY["num_trials"] <= 3 and base.epochs <= 2
+    assert base.data == DEMO_DATA
+    study, base, _ = parse_args(["--smoke", "--data-dir", "/my/data", "--num-trials", "2"])
+    assert base.data == "/my/data" and study.num_trials == 2
+
+
+def test_config_file_sets_both_sections_and_flags_win(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("study:\n  num_trials: 20\n  lora_ranks: [8, 32]\n  lr_min: 1e-5\n"
+                    "trial:\n  epochs: 6\n  class_weighting: none\n", encoding="utf-8")
+    study, base, _ = parse_args(["--config", str(path), "--num-trials", "5"])
+    assert study.num_trials == 5 and study.lora_ranks == (8, 32) and study.lr_min == 1e-5
+    assert base.epochs == 6 and base.class_weighting == "none"
+
+
+@pytest.mark.parametrize("text, culprit", [
+    ("study: [1, 2]\n", "mappings"),
+    ("surprise: {}\n", "sections"),
+    ("study:\n  num_trials: 0\n", "num_trials"),
+    ("trial:\n  lr: -1\n", "lr"),
+    ("study: {lr_min: 1e-3, lr_max: 1e-4}\n", "lr_min"),
+    ("study: {lr_min: small}\n", "lr_min"),
+    ("study: {a: [\n", "cannot read"),
+])
+def test_bad_config_files(tmp_path, text, culprit):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError, match=culprit):
+        parse_args(["--config", str(path)])
+
+
+def test_missing_config_file():
+    with pytest.raises(UserError, match="cannot read"):
+        parse_args(["--config", "/no/such/file.yaml"])
+
+
+def test_resume_refuses_flags_that_would_change_the_study(tmp_path):
+    with pytest.raises(UserError, match="--lr-min"):
+        parse_args(["--resume", "--lr-min", "1e-5"])
+    with pytest.raises(UserError, match="no study"):
+        parse_args(["--resume", "--name", "nothing", "--storage-path", str(tmp_path)])
+
+
+@pytest.mark.parametrize("argv", [["--num-trials", "x"], ["--search", "grid"],
+                                  ["--lora-ranks"], ["--gpus-per-trial", "half"]])
+def test_bad_flags_exit_2_with_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("error:")
+
+
+def test_tracking_uri_defaults_to_sqlite_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = StudyConfig().tracking_uri
+    assert uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert StudyConfig(mlflow_uri="http://h:1").tracking_uri == "http://h:1"
+    assert not math.isnan(StudyConfig().lr_min)

@@ -1,0 +1,63 @@
+"""Catch MLflow up with a study from Ray's durable results: `python -m tune.sync --help`.
+
+    python -m tune.sync --name qlora-unfair-tos --storage-path runs [--mlflow-uri URI]
+
+Safe to run any number of times, during or after a study: runs, params and metric steps
+already in MLflow are left alone, what is missing is added.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from trainable.cli import ArgumentParser
+from trainable.errors import UserError
+from trainable.train import configure_logging
+from tune.study import StudyConfig
+
+
+def sync(study: StudyConfig) -> tuple[int, str]:
+    """Mirror every trial of the study into MLflow; return (trials mirrored, parent run id)."""
+    from tune.mirror import Mirror, check_tracking_uri
+    from tune.results import load_records, read_study_file
+
+    stored = read_study_file(study.experiment_path)
+    if stored is None:
+        raise UserError(f"no study at {study.experiment_path} (check --name and --storage-path)")
+    saved, base, _ = stored
+    target = saved.replace(storage_path=study.storage_path,
+                           mlflow_uri=study.mlflow_uri or saved.mlflow_uri)
+    check_tracking_uri(target.tracking_uri)
+    mirror = Mirror(target, base)
+    parent = mirror.start(resume=True)
+    records = load_records(target.experiment_path, max_epochs=base.epochs)
+    for record in records:
+        mirror.apply(record)
+    return len(records), parent
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse flags, sync, print what was done."""
+    configure_logging(verbose=False)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    p = ArgumentParser(prog="python -m tune.sync", description=__doc__.split("\n")[0])
+    p.add_argument("--name", default=StudyConfig().name, help="study name")
+    p.add_argument("--storage-path", default=StudyConfig().storage_path, metavar="DIR_OR_URI")
+    p.add_argument("--mlflow-uri", metavar="URI", help="default: the study's own")
+    args = p.parse_args(argv)
+    try:
+        study = StudyConfig(name=args.name, storage_path=args.storage_path,
+                            mlflow_uri=args.mlflow_uri)
+        count, parent = sync(study)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(f"mirrored {count} trials of study {args.name} into MLflow (study run {parent})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
