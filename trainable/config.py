@@ -66,7 +66,7 @@ class TrialConfig:
     """Dropout on the LoRA path."""
     target_modules: tuple[str, ...] | None = None
     """Module names that get LoRA; None detects them from the architecture."""
-    lr: float = 5e-4
+    lr: float = 1e-3
     """Peak learning rate of AdamW (linear warm-up, then linear decay)."""
     weight_decay: float = 0.01
     """AdamW weight decay on the adapter and the head."""
@@ -82,7 +82,7 @@ class TrialConfig:
     """Seed for weights of new layers, dropout, batch order and subsampling."""
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     """Lightning precision; auto is bf16-mixed where bf16 runs (CPU, Ampere+), else 16-mixed."""
-    class_weighting: Literal["balanced", "sqrt", "none"] = "sqrt"
+    class_weighting: Literal["balanced", "sqrt", "none"] = "balanced"
     """Loss weights against the 1:9 imbalance: inverse class frequency, its square root, or none."""
     data: str = HUB_DATA
     """`hub` (LexGLUE from the hub), `demo` (shipped demo set) or a directory of split files."""
@@ -102,6 +102,9 @@ class TrialConfig:
     """Device; auto takes CUDA when present."""
     threads: int | None = None
     """Torch CPU threads (None: torch's default); trials sharing a node should split the cores."""
+    memory_limit_gb: float | None = None
+    """Cap on the trial process's memory: going over fails this trial with an out-of-memory
+    error instead of the kernel's OOM killer taking down the node (and every trial on it)."""
     trust_remote_code: bool = False
     """Run model code shipped with a hub model; off unless asked, it executes downloaded code."""
 
@@ -140,6 +143,8 @@ class TrialConfig:
                 _check_int(name, value, minimum=2)
         if self.threads is not None:
             _check_int("threads", self.threads, minimum=1)
+        _check(self.memory_limit_gb is None or _is_number(self.memory_limit_gb)
+               and self.memory_limit_gb > 0, "memory_limit_gb", self.memory_limit_gb, "must be > 0")
         for name in ("group_by_length", "pad_to_max_length", "eval_test", "trust_remote_code"):
             # A JSON or YAML "false" is a non-empty string, which Python would take as true.
             _check(isinstance(getattr(self, name), bool), name, getattr(self, name),

@@ -9,3 +9,7 @@ class UserError(Exception):
     def __init__(self, message: str):
         # One line, always: a multi-line library message would read like a traceback.
         super().__init__(" ".join(str(message).split()))
+
+
+class TrialOutOfMemoryError(RuntimeError):
+    """The trial needed more memory than it has (its memory_limit_gb, or the device's)."""

@@ -9,12 +9,13 @@ optionally evaluate it on the test split, and return the metrics.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from trainable.checkpoint import (
 )
 from trainable.cli import ArgumentParser
 from trainable.config import DEMO_DATA, HUB_DATA, OBJECTIVE, TrialConfig
-from trainable.errors import UserError
+from trainable.errors import TrialOutOfMemoryError, UserError
 
 log = logging.getLogger("trainable")
 
@@ -119,7 +120,8 @@ def train(cfg: TrialConfig, callbacks: Sequence[Any] = (), report: Report | None
     prepared = prepare(cfg, resume_from)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    net = build_model(cfg, prepared.device, prepared.precision)
+    with out_of_memory_as_error(cfg):
+        net = build_model(cfg, prepared.device, prepared.precision)
     trainable_params, total_params = count_parameters(net)
     log.info("model %s: %s quantization, %d of %d parameters trainable (%.2f%%)", cfg.model,
              cfg.quantization, trainable_params, total_params, 100 * trainable_params / total_params)
@@ -140,12 +142,52 @@ def train(cfg: TrialConfig, callbacks: Sequence[Any] = (), report: Report | None
         **({"devices": 1} | trainer_args),
     )
     started = time.perf_counter()
-    trainer.fit(module, train_dataloaders=prepared.loaders["train"],
-                val_dataloaders=prepared.loaders["val"],
-                ckpt_path=None if resume_from is None else str(Path(resume_from) / RESUME),
-                weights_only=True)
-    seconds = time.perf_counter() - started
-    return _finish(cfg, trainer, module, epochs, prepared, seconds)
+    with out_of_memory_as_error(cfg):
+        trainer.fit(module, train_dataloaders=prepared.loaders["train"],
+                    val_dataloaders=prepared.loaders["val"],
+                    ckpt_path=None if resume_from is None else str(Path(resume_from) / RESUME),
+                    weights_only=True)
+        seconds = time.perf_counter() - started
+        return _finish(cfg, trainer, module, epochs, prepared, seconds)
+
+
+@contextlib.contextmanager
+def memory_limit(gigabytes: float | None) -> Iterator[None]:
+    """Cap this process's data segment (heap and anonymous maps) for the block's duration."""
+    if gigabytes is None:
+        yield
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    limit = int(gigabytes * 1024**3)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    try:
+        yield
+    finally:  # a reused trial process must get its memory back
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error(cfg: TrialConfig) -> Iterator[None]:
+    """Turn the allocators' many out-of-memory failures into one clear TrialOutOfMemoryError."""
+    import torch
+
+    try:
+        with memory_limit(cfg.memory_limit_gb):
+            yield
+    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:
+        text = str(e)
+        if not isinstance(e, (MemoryError, torch.OutOfMemoryError)) and not any(
+                s in text for s in ("can't allocate memory", "not enough memory", "out of memory")):
+            raise
+        where = f"limit {cfg.memory_limit_gb} GB" if cfg.memory_limit_gb else "device memory"
+        raise TrialOutOfMemoryError(
+            f"out of memory ({where}) at batch_size {cfg.batch_size}, max_length "
+            f"{cfg.max_length}: {text.splitlines()[0][:300] if text else type(e).__name__}"
+        ) from e
 
 
 def _finish(cfg: TrialConfig, trainer: Any, module: Any, epochs: EpochCheckpoint,
@@ -216,6 +258,8 @@ def add_trial_arguments(p: Any) -> None:
     p.add_argument("--pad-to-max-length", action="store_true", default=None)
     p.add_argument("--accelerator", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int)
+    p.add_argument("--memory-limit-gb", type=float, metavar="GB",
+                   help="fail the trial (not the node) when it needs more memory")
     p.add_argument("--trust-remote-code", action="store_true", default=None)
 
 
@@ -277,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except TrialOutOfMemoryError as e:
+        print(f"error: {e} (lower --batch-size or --max-length)", file=sys.stderr)
+        return 1
     print(f"best epoch {result.best_epoch} of {cfg.epochs} by {OBJECTIVE.metric} "
           f"({OBJECTIVE.mode}):")
     for key, value in sorted(result.metrics.items()):
