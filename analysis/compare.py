@@ -1,0 +1,156 @@
+"""Compare a study's trials: a table and plots, saved and logged to the study's parent run.
+
+    python -m analysis.compare --mlflow-uri http://127.0.0.1:5000 --experiment qlora-unfair-tos
+    python -m analysis.compare smoke --storage-path runs      # MLflow down: Ray's results
+
+Picks the latest study in the experiment unless a study name or parent run id is given.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from analysis.study import Study, study_from_args
+from trainable.cli import ArgumentParser
+from trainable.config import OBJECTIVE
+from trainable.errors import UserError
+
+ANALYSIS_ARTIFACTS = "analysis"  # folder of the plots and table on the parent run
+TABLE_CSV = "trials.csv"
+
+
+def trial_table(study: Study) -> Any:
+    """One row per trial, best objective first: id, searched hyperparameters, best value and
+    its epoch, epochs run, state, duration (seconds)."""
+    import pandas as pd
+
+    rows = []
+    for t in study.trials:
+        best = t.best
+        rows.append({"trial": t.trial_id, **{p: t.params.get(p) for p in study.searched},
+                     f"best {OBJECTIVE.metric}": best[1] if best else math.nan,
+                     "at epoch": best[0] if best else None, "epochs": t.epochs,
+                     "state": t.state, "seconds": t.seconds})
+    columns = ["trial", *study.searched, f"best {OBJECTIVE.metric}", "at epoch", "epochs",
+               "state", "seconds"]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values(f"best {OBJECTIVE.metric}", ascending=OBJECTIVE.mode == "min",
+                             na_position="last", kind="stable").reset_index(drop=True)
+
+
+def format_table(table: Any) -> str:
+    """The table as aligned text (lr in scientific notation, durations as 1m05s)."""
+    from analysis.plots import format_seconds
+
+    shown = table.copy()
+    if "lr" in shown:
+        shown["lr"] = shown["lr"].map(lambda v: "-" if v is None else f"{float(v):.2e}")
+    metric = f"best {OBJECTIVE.metric}"
+    shown[metric] = shown[metric].map(lambda v: "-" if math.isnan(v) else f"{v:.4f}")
+    shown["at epoch"] = shown["at epoch"].map(lambda v: "-" if v is None or v != v else str(int(v)))
+    shown["duration"] = shown.pop("seconds").map(format_seconds)
+    return shown.to_string(index=False)
+
+
+def default_out_dir(study: Study) -> Path:
+    """runs/<study>/analysis"""
+    return Path("runs") / study.name / "analysis"
+
+
+def compare(study: Study, out_dir: Path, client: Any | None = None) -> dict[str, Any]:
+    """Write the table (CSV) and the plots into `out_dir`; log them to the parent run when a
+    client is given. Returns {"table", "plots", "skipped", "logged"}."""
+    from analysis.plots import EPOCHS_PNG, plot_epochs, plot_search
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = trial_table(study)
+    table.to_csv(out_dir / TABLE_CSV, index=False)
+    plots = [plot_epochs(study, out_dir / EPOCHS_PNG)]
+    search_plots, skipped = plot_search(study, out_dir)
+    plots += search_plots
+    logged = False
+    if client is not None and study.parent_run_id:
+        for path in [out_dir / TABLE_CSV, *plots]:
+            client.log_artifact(study.parent_run_id, str(path), ANALYSIS_ARTIFACTS)
+        logged = True
+    return {"table": table, "plots": plots, "skipped": skipped, "logged": logged}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Any:
+    """The command line."""
+    p = ArgumentParser(prog="python -m analysis.compare",
+                       description="Compare a study's trials: table and plots.")
+    p.add_argument("study", nargs="?", metavar="STUDY_OR_RUN_ID",
+                   help="study name or its MLflow parent run id (default: the latest study)")
+    p.add_argument("--mlflow-uri", metavar="URI",
+                   help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--experiment", default="qlora-unfair-tos", help="MLflow experiment name")
+    p.add_argument("--storage-path", metavar="DIR",
+                   help="Ray results folder: read when MLflow is unreachable (durations too)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="where PNGs and trials.csv go (default: runs/<study>/analysis)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the trial table; save the plots and log them to the study's parent run."""
+    args = parse_args(argv)
+    # A tracking server that is down must cost seconds, not MLflow's minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    _quiet()
+    try:
+        study, client = study_from_args(args.mlflow_uri, args.experiment, args.study,
+                                        args.storage_path, allow_offline=True)
+        if not study.trials:
+            raise UserError(f"study {study.name} has no trials yet")
+        out = args.out or default_out_dir(study)
+        result = compare(study, out, client)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    source = ("MLflow" if study.source == "mlflow" else f"Ray results {study.storage} "
+              f"(MLflow unreachable)")
+    counts = result["table"]["state"].value_counts().to_dict()
+    print(f"study {study.name}: {len(study.trials)} trials ("
+          + ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items()))
+          + f"), from {source}")
+    print(format_table(result["table"]))
+    best = study.best_trial()
+    if best is not None and best.best is not None:
+        print(f"best: trial {best.trial_id}, {OBJECTIVE.metric} {best.best[1]:.4f} at epoch "
+              f"{best.best[0]}")
+    if study.source == "mlflow" and any(t.seconds is not None for t in study.trials) and not (
+            study.storage and Path(study.storage).is_dir()):
+        print("durations: MLflow run times, from each trial's first report (pass "
+              "--storage-path for Ray's full trial times)")
+    for t in study.trials:
+        if t.error:
+            print(f"trial {t.trial_id} failed: {t.error[:300]}")
+    for note in result["skipped"]:
+        print(f"skipped {note}")
+    print(f"plots in {out}:")
+    for path in result["plots"]:
+        print(f"  {path}")
+    if result["logged"]:
+        print(f"logged to MLflow run {study.parent_run_id} under {ANALYSIS_ARTIFACTS}/")
+    return 0
+
+
+def _quiet() -> None:
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
