@@ -240,6 +240,14 @@ def tiny_study_args(model_dir: Path, storage: Path, mlflow_uri: str, name: str,
     return out
 
 
+FAKE_SECRETS = {
+    "AWS_ACCESS_KEY_ID": "AKIAFAKEKEY000TESTING",
+    "AWS_SECRET_ACCESS_KEY": "fake/secret+Key0000000000000000000TESTING",
+    "HF_TOKEN": "hf_fakeTokenForTestsOnly0000000000",
+    "MLFLOW_TRACKING_PASSWORD": "fake-mlflow-password-for-tests",
+}
+
+
 @pytest.fixture(scope="session")
 def tiny_study(warm_tiny_model_dir: Path, mlflow_server: MlflowServer,
                tmp_path_factory: pytest.TempPathFactory):
@@ -249,8 +257,9 @@ def tiny_study(warm_tiny_model_dir: Path, mlflow_server: MlflowServer,
     """
     work = tmp_path_factory.mktemp("tiny-study")
     name, experiment = "tiny", "tests-tiny"
+    # Credentials in the environment (as on a cloud node) must never reach params, tags or logs.
     proc = run_study_cli(*tiny_study_args(warm_tiny_model_dir, work / "runs", mlflow_server.uri,
-                                          name, experiment), cwd=work)
+                                          name, experiment), cwd=work, env=FAKE_SECRETS)
     if proc.returncode != 0:
         pytest.fail(f"tiny study failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                     f"{proc.stderr[-5000:]}")

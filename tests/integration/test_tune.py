@@ -260,3 +260,18 @@ def test_failed_state_is_never_reported_for_a_clean_study(tiny_study):
     _, _, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
                            tiny_study["name"])
     assert all(r.data.tags["state"] != FAILED for r in children)
+
+
+def test_environment_secrets_never_reach_mlflow_or_the_study_files(tiny_study):
+    from tests.conftest import FAKE_SECRETS
+
+    client, parents, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                      tiny_study["name"])
+    secrets = list(FAKE_SECRETS.values())
+    for run in parents + children:
+        logged = json.dumps([run.data.params, run.data.tags])
+        assert not any(s in logged for s in secrets), run.info.run_id
+    texts = [tiny_study["proc"].stdout, tiny_study["proc"].stderr]
+    experiment = tiny_study["storage"] / tiny_study["name"]
+    texts += [f.read_text(errors="replace") for f in experiment.rglob("*.json")]
+    assert not any(s in t for s in secrets for t in texts)
