@@ -92,12 +92,50 @@ def make_scheduler(study: StudyConfig, epochs: int) -> Any:
                          reduction_factor=study.reduction_factor)
 
 
+# What a data-parallel trial's own Tune process asks for: it only coordinates its Ray Train
+# workers, and Ray rejects 0 CPUs. The workers hold the trial's real resources.
+COORDINATOR_RESOURCES = {"cpu": 0.01}
+
+
 def trial_resources(study: StudyConfig, gpus: float) -> dict[str, float]:
-    """Ray resources one single-process trial asks for."""
+    """Ray resources of a trial's Tune process: all of them, or almost none if data-parallel."""
+    if study.workers_per_trial > 1:
+        return dict(COORDINATOR_RESOURCES)
     resources: dict[str, float] = {"cpu": study.cpus_per_trial, "gpu": gpus}
     if study.trial_resource:
         resources[study.trial_resource] = 1.0
     return resources
+
+
+def worker_resources(study: StudyConfig, gpus: float) -> dict[str, float]:
+    """Ray resources of each data-parallel worker: the trial's CPUs, GPUs and custom resource
+    split over workers_per_trial (so a trial takes one unit of trial_resource in all)."""
+    n = study.workers_per_trial
+    resources = {"CPU": study.cpus_per_trial / n}
+    if gpus > 0:
+        resources["GPU"] = gpus / n
+    if study.trial_resource:
+        resources[study.trial_resource] = 1.0 / n
+    return resources
+
+
+def data_parallel(study: StudyConfig, gpus: float) -> Any:
+    """How each trial runs on Ray Train workers; None keeps a plain single-process trial."""
+    from tune.trial import DataParallel
+
+    if study.workers_per_trial == 1:
+        return None
+    return DataParallel(workers=study.workers_per_trial,
+                        resources_per_worker=worker_resources(study, gpus), use_gpu=gpus > 0,
+                        storage_path=study.experiment_path)
+
+
+def describe_resources(study: StudyConfig, gpus: float) -> str:
+    """What one trial holds, for the study's start-up log line."""
+    if study.workers_per_trial == 1:
+        return f"{trial_resources(study, gpus)} per trial"
+    return (f"{study.workers_per_trial} Ray Train workers x {worker_resources(study, gpus)} "
+            f"per trial")
 
 
 class MirrorCallback(tune.Callback):
@@ -231,7 +269,8 @@ def _error_line(trial: Any) -> str:
 
 
 def connect(study: StudyConfig) -> None:
-    """Start Ray in-process, or join the cluster at study.address (fails fast if unreachable)."""
+    """Start Ray in-process, or join the cluster at study.address or $RAY_ADDRESS (`auto`,
+    `host:port`); fails fast if unreachable. Token auth: see `_use_token_auth`."""
     import os
 
     import ray
@@ -243,33 +282,100 @@ def connect(study: StudyConfig) -> None:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
         except (OSError, ValueError) as e:
             raise UserError(f"Ray address {address} is unreachable ({e})") from None
+    token = _use_token_auth() if address else False
+    # Ray Train cleans up a data-parallel trial's placement group through the State API,
+    # which the dashboard serves; a plain local study does without it.
+    dashboard = None if address or study.workers_per_trial > 1 else False
     try:
-        ray.init(address=address, include_dashboard=False if not address else None,
+        ray.init(address=address, include_dashboard=dashboard,
                  logging_level=logging.WARNING, log_to_driver=True,
                  runtime_env=None, ignore_reinit_error=True)
     except (ConnectionError, ValueError, RuntimeError) as e:
-        raise UserError(f"cannot connect to Ray at {address} ({str(e).splitlines()[0]})") from None
+        hint = ("; token auth is on: is this machine's token the cluster's?" if token else
+                "; if the cluster uses token auth, put its token in ~/.ray/auth_token, "
+                "$RAY_AUTH_TOKEN_PATH or $RAY_AUTH_TOKEN")
+        raise UserError(f"cannot connect to Ray at {address} ({str(e).splitlines()[0]}){hint}"
+                        ) from None
+
+
+def _use_token_auth() -> bool:
+    """Send Ray's auth token when joining a cluster, if this machine has one.
+
+    Clusters started with `ray start` use token auth by default since Ray 2.59, but
+    `ray.init` turns it on by itself only for a cluster it finds on its own, not for an
+    explicit address (`--address host:port`, $RAY_ADDRESS). A token in ~/.ray/auth_token,
+    $RAY_AUTH_TOKEN_PATH or $RAY_AUTH_TOKEN turns it on here too, through Ray's documented
+    switch $RAY_AUTH_MODE=token; a cluster without auth ignores it. An explicit
+    $RAY_AUTH_MODE is left as it is.
+    """
+    import os
+
+    if "RAY_AUTH_MODE" in os.environ:
+        return os.environ["RAY_AUTH_MODE"].lower() == "token"
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token").expanduser()
+    if not os.environ.get("RAY_AUTH_TOKEN") and not token_file.is_file():
+        return False
+    os.environ["RAY_AUTH_MODE"] = "token"
+    return True
 
 
 def resolve_gpus(study: StudyConfig) -> float:
-    """GPUs per trial: as asked (checked against the cluster), or 1 where the cluster has GPUs."""
+    """GPUs per trial: as asked, or one per worker where the cluster has GPUs; checked so that
+    one trial (or one of its data-parallel workers) fits on some node of the cluster."""
     import ray
 
     cluster = ray.cluster_resources()
     have = cluster.get("GPU", 0.0)
+    workers = study.workers_per_trial
     if study.gpus_per_trial is None:
-        return 1.0 if have > 0 else 0.0
-    if study.gpus_per_trial > 0 and have == 0 and not _autoscaler_offers_gpus():
+        gpus = float(workers) if have > 0 else 0.0
+    else:
+        gpus = float(study.gpus_per_trial)
+    autoscaled = _autoscaler_node_types()
+    if gpus > 0 and have == 0 and not any(t.get("GPU", 0) > 0 for t in autoscaled):
         raise UserError(f"gpus_per_trial {study.gpus_per_trial} asked but the Ray cluster has no "
                         f"GPUs (resources: {_describe(cluster)})")
-    if study.gpus_per_trial > max(have, 1) and not _autoscaler_offers_gpus():
-        raise UserError(f"gpus_per_trial {study.gpus_per_trial} exceeds the cluster's "
-                        f"{have:g} GPU(s)")
-    return float(study.gpus_per_trial)
+    if workers > 1 and gpus > 0 and (gpus < workers or gpus % workers):
+        raise UserError(f"gpus_per_trial {gpus:g} over {workers} workers_per_trial: each "
+                        f"data-parallel worker needs whole GPUs of its own (NCCL runs one rank "
+                        f"per GPU); use a multiple of {workers}, or 0 for CPU workers")
+    check_placement(study, gpus, autoscaled)
+    return gpus
 
 
-def _autoscaler_offers_gpus(bootstrap: Path = Path("~/ray_bootstrap_config.yaml")) -> bool:
-    """Whether this cluster's autoscaler can start GPU workers that are not up yet.
+def check_placement(study: StudyConfig, gpus: float,
+                    autoscaled: list[dict[str, float]] | None = None) -> None:
+    """Fail when no node (up, or startable by the autoscaler) can hold one trial's bundle.
+
+    Ray places a single-process trial, or each worker of a data-parallel one, on one node;
+    a bundle that fits on no node waits forever. On a multi-node cluster the cluster's total
+    says nothing about that: two 1-GPU workers do not make room for a 2-GPU trial.
+    """
+    import ray
+
+    if study.workers_per_trial > 1:
+        bundle, what = worker_resources(study, gpus), "one data-parallel worker"
+    else:
+        bundle = {k.upper() if k in ("cpu", "gpu") else k: v
+                  for k, v in trial_resources(study, gpus).items()}
+        what = "one trial"
+    bundle = {k: v for k, v in bundle.items() if v > 0}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    candidates = nodes + list(_autoscaler_node_types() if autoscaled is None else autoscaled)
+    if any(all(node.get(k, 0.0) >= v - 1e-9 for k, v in bundle.items()) for node in candidates):
+        return
+    offered = "; ".join(_describe(node) for node in nodes) or "none"
+    message = (f"no node of the Ray cluster can hold {what} ({_describe(bundle)}); nodes "
+               f"offer: {offered}")
+    if study.trial_resource and not any(study.trial_resource in node for node in candidates):
+        message += (f"; trial_resource {study.trial_resource!r} must be advertised by the worker "
+                    f"nodes (ray start --resources '{{\"{study.trial_resource}\": 2}}')")
+    raise UserError(message)
+
+
+def _autoscaler_node_types(bootstrap: Path = Path("~/ray_bootstrap_config.yaml")
+                           ) -> list[dict[str, float]]:
+    """Resources of the worker node types this cluster's autoscaler can start on demand.
 
     A cluster launched with `ray up` may have no GPU worker yet (min_workers 0); `ray up`
     writes the cluster config to the head as ~/ray_bootstrap_config.yaml, which lists the
@@ -279,15 +385,15 @@ def _autoscaler_offers_gpus(bootstrap: Path = Path("~/ray_bootstrap_config.yaml"
 
     path = bootstrap.expanduser()
     if not path.is_file():
-        return False
+        return []
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
-        return False
+        return []
     head = config.get("head_node_type")
-    return any((spec.get("resources") or {}).get("GPU", 0) > 0 and spec.get("max_workers", 0) > 0
-               for name, spec in (config.get("available_node_types") or {}).items()
-               if name != head and isinstance(spec, dict))
+    return [dict(spec.get("resources") or {})
+            for name, spec in (config.get("available_node_types") or {}).items()
+            if name != head and isinstance(spec, dict) and spec.get("max_workers", 0) > 0]
 
 
 def _describe(resources: dict[str, float]) -> str:
@@ -334,9 +440,9 @@ def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False) -> St
         mirror = Mirror(study, base)
         parent_id = mirror.start(resume=resume)
         write_study_file(study, base, parent_id)
-        log.info("study %s: %d trials, %d at a time, %s per trial; results in %s; MLflow parent "
+        log.info("study %s: %d trials, %d at a time, %s; results in %s; MLflow parent "
                  "run %s", study.name, study.num_trials, study.max_concurrent,
-                 trial_resources(study, gpus), study.experiment_path, parent_id)
+                 describe_resources(study, gpus), study.experiment_path, parent_id)
         tuner = _tuner(study, base, gpus, restore=resume and tune.Tuner.can_restore(
             study.experiment_path))
         interrupted = False
@@ -352,8 +458,9 @@ def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False) -> St
 def _tuner(study: StudyConfig, base: TrialConfig, gpus: float, restore: bool) -> Any:
     from tune.trial import run_trial
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base),
-                                    trial_resources(study, gpus))
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, parallel=data_parallel(study, gpus)),
+        trial_resources(study, gpus))
     if restore:
         # Finished trials stay finished (failed ones too); unfinished ones continue from
         # their last checkpoint; the searcher and callbacks come back from the study folder.
@@ -369,7 +476,9 @@ def _tuner(study: StudyConfig, base: TrialConfig, gpus: float, restore: bool) ->
             scheduler=make_scheduler(study, base.epochs), num_samples=study.num_trials,
             max_concurrent_trials=study.max_concurrent,
             # Reusing a trial process skips ~10 s of importing torch, Lightning and transformers.
-            reuse_actors=True),
+            # Not for data-parallel trials: a stopped trial's process must end, taking the Ray
+            # Train controller and workers it owns with it.
+            reuse_actors=study.workers_per_trial == 1),
         run_config=tune.RunConfig(
             name=study.name, storage_path=study.storage_uri, callbacks=callbacks, verbose=0,
             checkpoint_config=tune.CheckpointConfig(

@@ -204,6 +204,9 @@ class Mirror:
         if record.node:
             tags["node"] = record.node
             tags["hostname"] = str(record.results[-1].get("hostname", ""))
+        if record.results and record.results[-1].get("node_id"):
+            # Ray's node id (tune.trial reports it): raylets sharing one machine share its IP.
+            tags["node_id"] = str(record.results[-1]["node_id"])
         if record.error:
             tags["error"] = record.error[:4000]
         self.client.log_batch(run_id, tags=_tags(tags))

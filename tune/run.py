@@ -38,8 +38,12 @@ _STUDY_FLAGS = {
     "max_concurrent": dict(type=int, metavar="N"),
     "cpus_per_trial": dict(type=float, metavar="N"),
     "gpus_per_trial": dict(type=float, metavar="N", help="fractions share a GPU, e.g. 0.5"),
-    "workers_per_trial": dict(type=int, metavar="N", help="data-parallel workers (Ray Train)"),
-    "trial_resource": dict(metavar="NAME", help="custom Ray resource each trial needs"),
+    "workers_per_trial": dict(type=int, metavar="N",
+                              help="data-parallel Ray Train workers per trial (Lightning DDP); "
+                                   "each holds 1/N of the trial's CPUs, GPUs and trial resource"),
+    "trial_resource": dict(metavar="NAME",
+                           help="custom Ray resource each trial takes one unit of; advertised "
+                                "by worker nodes only, it keeps trials off the head"),
     "lr_min": dict(type=float),
     "lr_max": dict(type=float),
     "lora_ranks": dict(type=int, nargs="+", metavar="R"),

@@ -145,8 +145,9 @@ def test_from_json_file_errors_name_the_file(tmp_path):
 
 def test_replace_validates_and_rejects_unknown_fields():
     cfg = TrialConfig()
-    assert cfg.replace(lr=1e-3).lr == 1e-3
-    assert cfg.lr != 1e-3  # frozen: the original is unchanged
+    new_lr = cfg.lr * 3
+    assert cfg.replace(lr=new_lr).lr == new_lr
+    assert cfg.lr != new_lr  # frozen: the original is unchanged
     with pytest.raises(UserError, match="lr"):
         cfg.replace(lr=0)
     with pytest.raises(UserError, match="batch_size"):

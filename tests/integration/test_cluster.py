@@ -1,0 +1,309 @@
+"""A real multi-node Ray cluster on this machine: a head and two worker raylets (`ray start`).
+
+The head takes no trials (0 CPUs, none of the trial resource); each worker advertises
+`fake_gpu` (standing in for a GPU slot, what `trial_slot` is on the cloud cluster) and one
+pretend GPU, so `--gpus-per-trial 0.5` is scheduled as on a GPU cluster while torch still
+trains on the CPU. Run with `-s` to see the placement table and the wall times; they are
+also written to `cluster-timings.json` in pytest's base temp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli_env, free_port, run_study_cli, tiny_study_args
+
+pytestmark = pytest.mark.integration
+
+TRIAL_RESOURCE = "fake_gpu"
+STUDY = {"num_trials": 4, "max_concurrent": 2, "epochs": 2, "search_seed": 0}
+
+
+class LocalCluster:
+    """A head plus worker raylets, each started with `ray start` into one private temp dir.
+
+    Nothing of another Ray on this machine is touched: the address file `ray start` writes
+    (which a plain `ray.init()` would join) lands in the private temp dir, every port is
+    picked free, and the cluster has its own auth token. `ray stop` cannot be scoped (it ends
+    every Ray process on the machine), so teardown ends only the process groups started here
+    and their children.
+    """
+
+    def __init__(self, workers: int = 2, worker_cpus: int = 2, fake_gpus: int = 1):
+        # Short: Ray's unix sockets live under the temp dir (108-byte path limit).
+        self.root = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
+        self.workers, self.worker_cpus, self.fake_gpus = workers, worker_cpus, fake_gpus
+        self.port = free_port()
+        self.address = ""  # host:port of the head, once started
+        self.token_path = self.root / "auth_token"
+        self.groups: list[int] = []
+        self.head_id = ""
+        self.worker_ids: list[str] = []
+        self.start_s = 0.0  # wall time of `start`, for the timings
+
+    def env(self) -> dict[str, str]:
+        """What a raylet (and a script talking to the cluster) needs: the cluster's token."""
+        return cli_env({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+                        "RAY_DEDUP_LOGS": "0",
+                        # A raylet must register within 30 s by default; this machine is shared.
+                        "RAY_raylet_start_wait_time_s": "120"})
+
+    def _ray_start(self, *args: str) -> subprocess.Popen:
+        ray = str(Path(sys.executable).with_name("ray"))
+        common = ["--temp-dir", str(self.root), "--disable-usage-stats",
+                  "--object-store-memory", str(200 * 1024**2),
+                  "--dashboard-agent-listen-port", str(free_port())]
+        log = open(self.root / f"start-{len(self.groups)}.log", "wb")
+        proc = subprocess.Popen([ray, "start", *args, *common], env=self.env(), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.groups.append(proc.pid)  # its daemons stay in this process group
+        return proc
+
+    def start(self) -> LocalCluster:
+        started = time.perf_counter()
+        self.token_path.write_text(secrets.token_hex(32))
+        head = self._ray_start("--head", "--port", str(self.port), "--num-cpus", "0",
+                               "--num-gpus", "0", "--include-dashboard", "true",
+                               "--dashboard-host", "127.0.0.1", "--dashboard-port",
+                               str(free_port()), "--ray-client-server-port", str(free_port()))
+        self._wait(head, "head")
+        # Written by `ray start --head` into the private temp dir, not /tmp/ray.
+        self.address = (self.root / "ray_current_cluster").read_text().strip()
+        # One at a time: on a loaded machine, raylets starting together miss their
+        # registration deadline.
+        for i in range(self.workers):
+            worker = self._ray_start("--address", self.address, "--num-cpus",
+                                     str(self.worker_cpus), "--num-gpus", "1", "--resources",
+                                     json.dumps({TRIAL_RESOURCE: self.fake_gpus}))
+            self._wait(worker, f"worker {i}")
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            nodes = self.nodes()
+            if len(nodes) == 1 + self.workers:
+                break
+            time.sleep(2)
+        else:
+            pytest.fail(f"cluster has {len(nodes)} live nodes, expected {1 + self.workers}")
+        self.head_id = next(n["id"] for n in nodes if TRIAL_RESOURCE not in n["resources"])
+        self.worker_ids = sorted(n["id"] for n in nodes if TRIAL_RESOURCE in n["resources"])
+        self.start_s = round(time.perf_counter() - started, 1)
+        return self
+
+    def _wait(self, proc: subprocess.Popen, what: str) -> None:
+        if proc.wait(timeout=120) != 0:
+            logs = "".join(p.read_text(errors="replace")[-2000:]
+                           for p in sorted(self.root.glob("start-*.log")))
+            pytest.fail(f"ray start ({what}) failed with {proc.returncode}:\n{logs}")
+
+    def nodes(self) -> list[dict]:
+        """Live nodes: id and resources, read through a short-lived driver."""
+        script = ("import json, sys, ray; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+                  "print(json.dumps([{'id': n['NodeID'], 'resources': n['Resources']} "
+                  "for n in ray.nodes() if n['Alive']]))")
+        proc = subprocess.run([sys.executable, "-c", script, self.address], env=self.env(),
+                              text=True, capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def stop(self) -> None:
+        import psutil
+
+        procs: dict[int, psutil.Process] = {}
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                ours = os.getpgid(p.pid) in self.groups or any(
+                    str(self.root) in arg for arg in p.info["cmdline"] or [])
+                if ours:
+                    procs[p.pid] = p
+                    # Workers run in sessions of their own but stay children of a raylet.
+                    procs.update({c.pid: c for c in p.children(recursive=True)})
+            except (psutil.Error, ProcessLookupError):
+                continue
+        for p in procs.values():
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(list(procs.values()), timeout=5)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head (no trials) and two worker raylets with one `fake_gpu` and one pretend GPU each."""
+    local = LocalCluster()
+    try:
+        yield local.start()
+    finally:
+        local.stop()
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _children(uri: str, experiment: str, study: str) -> list:
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment}"
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.study = '{study}'",
+                              max_results=1000)
+    return [r for r in runs if r.data.tags.get("run_type") == "trial"]
+
+
+def _run(name: str, model_dir: Path, work: Path, uri: str, env: dict[str, str] | None = None,
+         **flags: object) -> dict:
+    started = time.perf_counter()
+    proc = run_study_cli(*tiny_study_args(model_dir, work / "runs", uri, name, f"tests-{name}",
+                                          **(STUDY | flags)), cwd=work, env=env)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        pytest.fail(f"study {name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                    f"{proc.stderr[-6000:]}")
+    return {"name": name, "experiment": f"tests-{name}", "storage": work / "runs", "proc": proc,
+            "wall_s": round(wall, 1), "uri": uri}
+
+
+@pytest.fixture(scope="module")
+def multinode_study(cluster, warm_tiny_model_dir, mlflow_server, tmp_path_factory):
+    """The smoke study on the cluster: `--address host:port`, trials need `fake_gpu` and half
+    a GPU. The driver's environment names the cluster's token file but not RAY_AUTH_MODE:
+    the driver must turn token auth on by itself."""
+    env = {"RAY_AUTH_TOKEN_PATH": str(cluster.token_path)}
+    return _run("multinode", warm_tiny_model_dir, tmp_path_factory.mktemp("multinode"),
+                mlflow_server.uri, env=env, address=cluster.address,
+                trial_resource=TRIAL_RESOURCE, gpus_per_trial=0.5)
+
+
+@pytest.fixture(scope="module")
+def single_node_study(multinode_study, warm_tiny_model_dir, mlflow_server, tmp_path_factory):
+    """The same study in a Ray started by the driver on this machine (after the multi-node one,
+    so the two do not compete for the two cores)."""
+    return _run("single-node", warm_tiny_model_dir, tmp_path_factory.mktemp("single-node"),
+                mlflow_server.uri, gpus_per_trial=0)
+
+
+@pytest.fixture(scope="module")
+def data_parallel_study(cluster, multinode_study, warm_tiny_model_dir, mlflow_server,
+                        tmp_path_factory):
+    """One trial on two Ray Train workers (gloo, CPU) on the cluster, found through
+    `--address auto` and $RAY_ADDRESS, with the token itself in $RAY_AUTH_TOKEN."""
+    env = {"RAY_ADDRESS": cluster.address, "RAY_AUTH_TOKEN": cluster.token_path.read_text()}
+    return _run("data-parallel", warm_tiny_model_dir, tmp_path_factory.mktemp("data-parallel"),
+                mlflow_server.uri, env=env, address="auto", trial_resource=TRIAL_RESOURCE,
+                gpus_per_trial=0, workers_per_trial=2, num_trials=1, max_concurrent=1)
+
+
+def _trial_dirs(storage: Path, name: str) -> dict[str, Path]:
+    found = {}
+    for folder in (storage / name).iterdir():
+        result = folder / "result.json"
+        if folder.is_dir() and result.is_file() and result.read_text().strip():
+            found[json.loads(result.read_text().splitlines()[0])["trial_id"]] = folder
+    return found
+
+
+def test_trials_land_on_both_workers_and_never_on_the_head(cluster, multinode_study):
+    runs = _children(multinode_study["uri"], multinode_study["experiment"],
+                     multinode_study["name"])
+    assert len(runs) == STUDY["num_trials"]
+    placement = {r.data.tags["trial_id"]: r.data.tags.get("node_id") for r in runs}
+    print(f"\nhead node  {cluster.head_id}")
+    for i, worker in enumerate(cluster.worker_ids):
+        print(f"worker {i}   {worker}")
+    print("trial      node (MLflow tag node_id)")
+    for trial_id, node in sorted(placement.items()):
+        role = ("head" if node == cluster.head_id else
+                f"worker {cluster.worker_ids.index(node)}" if node in cluster.worker_ids else "?")
+        print(f"{trial_id}   {node}  ({role})")
+    assert all(placement.values()), placement
+    assert cluster.head_id not in placement.values()
+    assert set(placement.values()) == set(cluster.worker_ids)
+    # All raylets share this machine's address: the IP tag cannot tell them apart.
+    assert len({r.data.tags["node"] for r in runs}) == 1
+
+
+def test_every_trial_checkpoints_to_the_shared_storage(multinode_study):
+    dirs = _trial_dirs(multinode_study["storage"], multinode_study["name"])
+    assert len(dirs) == STUDY["num_trials"]
+    for trial_id, folder in dirs.items():
+        checkpoints = sorted(folder.glob("checkpoint_*"))
+        assert checkpoints, f"trial {trial_id}: no checkpoint in {folder}"
+        for ckpt in checkpoints:
+            assert (ckpt / "adapter_model.safetensors").is_file(), ckpt
+            assert (ckpt / "adapter_config.json").is_file(), ckpt
+
+
+def test_driver_best_result_equals_mlflow(multinode_study):
+    client = _client(multinode_study["uri"])
+    runs = _children(multinode_study["uri"], multinode_study["experiment"],
+                     multinode_study["name"])
+    scores = {r.data.tags["trial_id"]: max(m.value for m in client.get_metric_history(
+        r.info.run_id, "val/f1")) for r in runs}
+    out = multinode_study["proc"].stdout
+    match = re.search(r"best trial (\S+): val/f1 ([0-9.]+) at epoch (\d+)", out)
+    assert match, out[-2000:]
+    best = max(scores.values())
+    assert float(match.group(2)) == pytest.approx(best, abs=1e-4)
+    assert scores[match.group(1)] == pytest.approx(best, abs=1e-4)
+
+
+def test_wall_time_single_node_vs_multi_node(cluster, multinode_study, single_node_study,
+                                             tmp_path_factory):
+    timings = {}
+    for study in (single_node_study, multinode_study):
+        minutes = re.search(r"in ([0-9.]+) min", study["proc"].stdout)
+        timings[study["name"]] = {"wall_s": study["wall_s"],
+                                  "driver_study_min": float(minutes.group(1)) if minutes else None}
+    runs = _children(single_node_study["uri"], single_node_study["experiment"],
+                     single_node_study["name"])
+    assert len(runs) == STUDY["num_trials"]
+    out = tmp_path_factory.getbasetemp() / "cluster-timings.json"
+    # The multi-node study joins a running cluster; starting it took cluster_start_s, once.
+    timings["cluster_start_s"] = cluster.start_s
+    out.write_text(json.dumps({"study": STUDY, **timings}, indent=2) + "\n")
+    print(f"\nwall time, {STUDY['num_trials']} trials x {STUDY['epochs']} epochs, "
+          f"{STUDY['max_concurrent']} at a time: {json.dumps(timings)} ({out})")
+
+
+def test_two_worker_data_parallel_trial_reports_the_same_metric_keys(
+        cluster, multinode_study, data_parallel_study):
+    client = _client(data_parallel_study["uri"])
+    [parallel] = _children(data_parallel_study["uri"], data_parallel_study["experiment"],
+                           data_parallel_study["name"])
+    single = _children(multinode_study["uri"], multinode_study["experiment"],
+                       multinode_study["name"])
+    assert parallel.data.tags["state"] == "completed"
+    assert parallel.data.tags["epochs"] == str(STUDY["epochs"])
+    assert set(parallel.data.metrics) == set(single[0].data.metrics)
+    steps = [m.step for m in client.get_metric_history(parallel.info.run_id, "val/f1")]
+    assert steps == list(range(1, STUDY["epochs"] + 1))
+    assert parallel.data.tags["node_id"] in cluster.worker_ids
+    names = {Path(a.path).name for a in client.list_artifacts(parallel.info.run_id, "adapter")}
+    assert "adapter_model.safetensors" in names
+    [folder] = _trial_dirs(data_parallel_study["storage"], data_parallel_study["name"]).values()
+    assert all((c / "adapter_model.safetensors").is_file() for c in folder.glob("checkpoint_*"))
+    assert list(folder.glob("checkpoint_*"))
+    # Ray Train's own run folder is gone once its checkpoints are in Tune's trial folder.
+    assert not list((data_parallel_study["storage"] / data_parallel_study["name"]).glob(
+        ".ray-train-*"))
+    assert "2 Ray Train workers" in data_parallel_study["proc"].stderr
