@@ -255,7 +255,8 @@ class ProgressPrinter(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info):
         self.done += 1
         print(f"[{self._stamp()}] trial {trial.trial_id} failed: {_error_line(trial)} "
-              f"[{self.done}/{self.num_trials} done]", flush=True)
+              f"(traceback: {trial.path}/error.txt) [{self.done}/{self.num_trials} done]",
+              flush=True)
 
 
 def _short(value: Any) -> str:
@@ -423,6 +424,7 @@ def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False) -> St
     import ray
 
     started = time.time()
+    base = _absolute_paths(base)
     # Pin the default sqlite store to an absolute path: a resume or sync from another working
     # directory must reach the same store.
     study = study.replace(mlflow_uri=study.tracking_uri)
@@ -453,6 +455,16 @@ def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False) -> St
         return _summarize(study, mirror, started, interrupted)
     finally:
         ray.shutdown()
+
+
+def _absolute_paths(base: TrialConfig) -> TrialConfig:
+    """Local data and model folders as absolute paths: trials run in their own directories."""
+    changes = {}
+    if base.is_local_data:
+        changes["data"] = str(Path(base.data).expanduser().resolve())
+    if Path(base.model).expanduser().is_dir():
+        changes["model"] = str(Path(base.model).expanduser().resolve())
+    return base.replace(**changes)
 
 
 def _tuner(study: StudyConfig, base: TrialConfig, gpus: float, restore: bool) -> Any:

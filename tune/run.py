@@ -205,6 +205,9 @@ def quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A failed trial's traceback goes to its error.txt and MLflow tag `error`; the study's
+    # console gets one line per failure (ProgressPrinter), not Ray's page of traceback.
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

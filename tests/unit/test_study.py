@@ -210,3 +210,15 @@ def test_tracking_uri_defaults_to_sqlite_in_the_working_directory(tmp_path, monk
     assert uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert StudyConfig(mlflow_uri="http://h:1").tracking_uri == "http://h:1"
     assert not math.isnan(StudyConfig().lr_min)
+
+
+def test_local_data_and_model_folders_become_absolute_for_trials(tmp_path, monkeypatch):
+    from tune.driver import _absolute_paths
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    base = _absolute_paths(TrialConfig(data="data", model="model"))
+    assert base.data == str(tmp_path / "data") and base.model == str(tmp_path / "model")
+    hub = _absolute_paths(TrialConfig(data="hub", model="roberta-base"))
+    assert (hub.data, hub.model) == ("hub", "roberta-base")
