@@ -88,7 +88,7 @@ def make_scheduler(study: StudyConfig, epochs: int) -> Any:
     if study.scheduler == "none":
         return FIFOScheduler()
     return ASHAScheduler(time_attr="training_iteration", max_t=epochs,
-                         grace_period=min(study.grace_period, epochs),
+                         grace_period=study.grace_epochs(epochs),
                          reduction_factor=study.reduction_factor)
 
 

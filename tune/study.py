@@ -56,8 +56,9 @@ class StudyConfig:
     """Random trials before TPE takes over; None sizes it to the budget (a third, 2 to 10)."""
     scheduler: Literal["asha", "none"] = "asha"
     """ASHA early stopping on the objective, or every trial runs all its epochs."""
-    grace_period: int = 1
-    """Epochs every trial gets before ASHA may stop it."""
+    grace_period: int | None = None
+    """Epochs every trial gets before ASHA may stop it; None: a quarter of the epochs (at
+    least 1), since first-epoch F1 on a rare class says little about the last."""
     reduction_factor: float = 2.0
     """ASHA keeps 1/reduction_factor of the trials at each rung."""
     search_seed: int = 0
@@ -113,7 +114,8 @@ class StudyConfig:
             raise UserError(f"scheduler must be asha or none (got {self.scheduler!r})")
         if self.startup_trials is not None:
             _positive_int("startup_trials", self.startup_trials)
-        _positive_int("grace_period", self.grace_period)
+        if self.grace_period is not None:
+            _positive_int("grace_period", self.grace_period)
         if not _number(self.reduction_factor) or self.reduction_factor < 1.5:
             raise UserError(f"reduction_factor must be >= 1.5 (got {self.reduction_factor!r})")
         _positive_int("search_seed", self.search_seed, minimum=0)
@@ -130,6 +132,11 @@ class StudyConfig:
         if self.startup_trials is not None:
             return self.startup_trials
         return max(2, min(10, self.num_trials // 3))
+
+    def grace_epochs(self, epochs: int) -> int:
+        """ASHA's grace period for trials of `epochs` epochs."""
+        grace = self.grace_period if self.grace_period is not None else max(1, epochs // 4)
+        return min(grace, epochs)
 
     @property
     def is_remote_storage(self) -> bool:

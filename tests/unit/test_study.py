@@ -67,6 +67,12 @@ def test_unknown_field_is_rejected():
         StudyConfig().replace(learning_rate=1e-3)
 
 
+def test_asha_grace_period_defaults_to_a_quarter_of_the_epochs():
+    assert [StudyConfig().grace_epochs(e) for e in (1, 3, 4, 8, 10, 20)] == [1, 1, 1, 2, 2, 5]
+    assert StudyConfig(grace_period=3).grace_epochs(10) == 3
+    assert StudyConfig(grace_period=3).grace_epochs(2) == 2
+
+
 def test_fractional_and_whole_gpus_are_accepted():
     assert StudyConfig(gpus_per_trial=0.5).gpus_per_trial == 0.5
     assert StudyConfig(gpus_per_trial=2).gpus_per_trial == 2
