@@ -103,8 +103,9 @@ class TrialConfig:
     threads: int | None = None
     """Torch CPU threads (None: torch's default); trials sharing a node should split the cores."""
     memory_limit_gb: float | None = None
-    """Cap on the trial process's memory: going over fails this trial with an out-of-memory
-    error instead of the kernel's OOM killer taking down the node (and every trial on it)."""
+    """Memory the fit may add to the process (activations, optimizer state, caches): going
+    over fails this trial with an out-of-memory error instead of the kernel's OOM killer
+    taking down the node and every trial on it. None: no cap."""
     trust_remote_code: bool = False
     """Run model code shipped with a hub model; off unless asked, it executes downloaded code."""
 

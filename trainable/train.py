@@ -120,8 +120,7 @@ def train(cfg: TrialConfig, callbacks: Sequence[Any] = (), report: Report | None
     prepared = prepare(cfg, resume_from)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    with out_of_memory_as_error(cfg):
-        net = build_model(cfg, prepared.device, prepared.precision)
+    net = build_model(cfg, prepared.device, prepared.precision)
     trainable_params, total_params = count_parameters(net)
     log.info("model %s: %s quantization, %d of %d parameters trainable (%.2f%%)", cfg.model,
              cfg.quantization, trainable_params, total_params, 100 * trainable_params / total_params)
@@ -153,14 +152,20 @@ def train(cfg: TrialConfig, callbacks: Sequence[Any] = (), report: Report | None
 
 @contextlib.contextmanager
 def memory_limit(gigabytes: float | None) -> Iterator[None]:
-    """Cap this process's data segment (heap and anonymous maps) for the block's duration."""
+    """Let this process allocate at most `gigabytes` more memory for the block's duration.
+
+    Enforced with RLIMIT_DATA on top of the data segment the process already holds (read
+    from /proc/self/status), so the budget means what the trial adds: weights, activations,
+    optimizer state. RLIMIT_DATA counts reserved, not resident, memory; a cgroup would count
+    resident memory but needs privileges a trial does not have.
+    """
     if gigabytes is None:
         yield
         return
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    limit = int(gigabytes * 1024**3)
+    limit = _data_segment_bytes() + int(gigabytes * 1024**3)
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
@@ -168,6 +173,17 @@ def memory_limit(gigabytes: float | None) -> Iterator[None]:
         yield
     finally:  # a reused trial process must get its memory back
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+def _data_segment_bytes() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 @contextlib.contextmanager

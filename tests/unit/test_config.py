@@ -200,3 +200,20 @@ def test_objective_picks_the_best_of_a_sequence_with_nans():
         if OBJECTIVE.better(s, best):
             best = s
     assert best == 0.7 and not math.isnan(best)
+
+
+def test_memory_limit_caps_what_the_block_allocates_and_is_lifted_after():
+    import resource
+
+    import torch
+
+    from trainable.train import memory_limit
+
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    with memory_limit(0.25):
+        small = torch.ones(16 * 1024**2 // 4)  # 16 MB: within the budget
+        with pytest.raises(RuntimeError, match="allocate memory"):
+            torch.ones(1024**3 // 4)  # 1 GB: over it
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before
+    big = torch.ones(1024**3 // 4)  # allowed again
+    assert big.numel() > small.numel()
