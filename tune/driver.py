@@ -527,7 +527,8 @@ def _summarize(study: StudyConfig, mirror: Mirror, started: float,
         log.warning("MLflow could not be updated (%s); run `python -m tune.sync --name %s "
                     "--storage-path %s` once it is back", str(e).splitlines()[0][:200],
                     study.name, study.storage_path)
-    adapter = best_checkpoint(best.checkpoints)[0] if best and best_checkpoint(best.checkpoints) else None
+    found = best_checkpoint(best.checkpoints) if best else None
+    adapter = found[0] if found else None
     trial_seconds = sum(max((r.get("time_total_s", 0.0) for r in rec.results), default=0.0)
                         for rec in records)
     return StudySummary(study=study, records=records, best=best, best_adapter=adapter,
