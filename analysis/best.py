@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.study import Study, TrialRecord, read_results, study_from_args, trial_folders
+from analysis.study import (
+    Study,
+    TrialRecord,
+    add_study_arguments,
+    read_results,
+    study_from_args,
+    trial_folders,
+)
 from trainable.checkpoint import METRICS, RESUME, TRIAL_CONFIG
 from trainable.cli import ArgumentParser
 from trainable.config import OBJECTIVE
@@ -259,11 +266,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
     """The command line."""
     p = ArgumentParser(prog="python -m analysis.best",
                        description="Evaluate, register and export a study's best checkpoint.")
-    p.add_argument("study", nargs="?", metavar="STUDY_OR_RUN_ID",
-                   help="study name or its MLflow parent run id (default: the latest study)")
-    p.add_argument("--mlflow-uri", metavar="URI",
-                   help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    p.add_argument("--experiment", default="qlora-unfair-tos", help="MLflow experiment name")
+    add_study_arguments(p)
     p.add_argument("--export-dir", type=Path, required=True, metavar="DIR",
                    help="where the self-contained model folder is written")
     p.add_argument("--data-dir", metavar="DIR",

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from analysis.study import Study, study_from_args
+from analysis.study import Study, add_study_arguments, study_from_args
 from trainable.cli import ArgumentParser
 from trainable.config import OBJECTIVE
 from trainable.errors import UserError
@@ -85,11 +85,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
     """The command line."""
     p = ArgumentParser(prog="python -m analysis.compare",
                        description="Compare a study's trials: table and plots.")
-    p.add_argument("study", nargs="?", metavar="STUDY_OR_RUN_ID",
-                   help="study name or its MLflow parent run id (default: the latest study)")
-    p.add_argument("--mlflow-uri", metavar="URI",
-                   help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    p.add_argument("--experiment", default="qlora-unfair-tos", help="MLflow experiment name")
+    add_study_arguments(p)
     p.add_argument("--storage-path", metavar="DIR",
                    help="Ray results folder: read when MLflow is unreachable (durations too)")
     p.add_argument("--out", type=Path, metavar="DIR",

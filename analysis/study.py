@@ -348,3 +348,12 @@ def study_from_args(mlflow_uri: str | None, experiment: str, selector: str | Non
         raise UserError(f"MLflow tracking server {uri} is unreachable; pass --storage-path DIR "
                         f"(and the study name) to read Ray's results instead")
     return load_from_ray(storage_path, selector), None
+
+
+def add_study_arguments(p: Any) -> None:
+    """The flags that pick a study, shared by `compare` and `best`."""
+    p.add_argument("study", nargs="?", metavar="STUDY_OR_RUN_ID",
+                   help="study name or its MLflow parent run id (default: the latest study)")
+    p.add_argument("--mlflow-uri", metavar="URI",
+                   help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--experiment", default="qlora-unfair-tos", help="MLflow experiment name")

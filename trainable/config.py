@@ -167,10 +167,7 @@ class TrialConfig:
 
     def replace(self, **changes: Any) -> TrialConfig:
         """A copy with some fields changed, validated again."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise UserError(f"unknown trial config field(s): {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **changes)
+        return replace_checked(self, "trial", changes)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""
@@ -202,6 +199,14 @@ class TrialConfig:
         if not isinstance(data, dict):
             raise UserError(f"trial config {path}: expected a JSON object")
         return cls.from_dict(data)
+
+
+def replace_checked(config: Any, kind: str, changes: dict[str, Any]) -> Any:
+    """`dataclasses.replace` that names unknown fields in a one-line UserError."""
+    unknown = set(changes) - {f.name for f in dataclasses.fields(config)}
+    if unknown:
+        raise UserError(f"unknown {kind} config field(s): {', '.join(sorted(unknown))}")
+    return dataclasses.replace(config, **changes)
 
 
 def _is_number(value: Any) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from trainable.config import replace_checked
 from trainable.errors import UserError
 
 # The four searched trial-config fields; also their MLflow param names.
@@ -164,10 +165,7 @@ class StudyConfig:
 
     def replace(self, **changes: Any) -> StudyConfig:
         """A copy with some fields changed, validated again."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise UserError(f"unknown study config field(s): {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **changes)
+        return replace_checked(self, "study", changes)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
