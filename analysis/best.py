@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,9 +241,13 @@ def log_and_register(client: Any, study: Study, evaluation: Evaluation, plots: l
         for path in plots:
             mlflow.log_artifact(str(path), "evaluation")
         mlflow.log_dict(evaluation.to_dict(), "evaluation/evaluation.json")
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(PYFUNC_CODE),
-            artifacts={"export": str(export_dir)}, pip_requirements=_requirements())
+        with warnings.catch_warnings():
+            # The model takes raw clauses as a list or a DataFrame column; a typed signature
+            # would pin one of the two, so MLflow's advice to add type hints is declined.
+            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(PYFUNC_CODE),
+                artifacts={"export": str(export_dir)}, pip_requirements=_requirements())
         version = mlflow.register_model(info.model_uri, model_name, tags={
             "study": study.name, "trial_id": evaluation.trial_id, "epoch": str(evaluation.epoch)})
         client.set_registered_model_alias(model_name, CHAMPION, version.version)
