@@ -224,6 +224,18 @@ def test_binarize_lexglue_records():
     assert data.check_frame(df, "hub")["label"].tolist() == [0, 1, 1]
 
 
+def test_hub_unreachable_is_a_one_line_error_pointing_to_local_files(monkeypatch):
+    # The real hub path, offline (conftest sets HF_HUB_OFFLINE): it must fail fast and
+    # clearly, never fall back to the demo set.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(UserError) as err:
+        data.load_splits(TrialConfig(data="hub"))
+    message = str(err.value)
+    assert "coastalcph/lex_glue/unfair_tos" in message and "--data-dir" in message
+    assert "\n" not in message
+
+
 def test_binarize_lexglue_empty_input_keeps_columns():
     df = data.binarize_lexglue([])
     assert list(df.columns) == ["text", "label"] and len(df) == 0
