@@ -353,3 +353,18 @@ def test_cli_subprocess_bitsandbytes_without_4bit(cli, tmp_path):
     _assert_one_error(proc.returncode, proc.stderr,
                       ["quantization 4bit", "bitsandbytes", "no 4-bit support",
                        "--quantization none"], out)
+
+
+@pytest.mark.parametrize("quantization, layer", [("8bit", "Linear8bitLt"), ("none", "Linear")])
+def test_other_quantizations_train_and_quantize_what_they_say(quantization, layer,
+                                                              tiny_model_dir, tmp_path):
+    from trainable.model import build_model
+
+    cfg = TrialConfig(model=str(tiny_model_dir), epochs=1, quantization=quantization,
+                      output_dir=str(tmp_path / "out"), **SMALL)
+    net = build_model(cfg, "cpu", "bf16-mixed")
+    query = net.base_model.model.bert.encoder.layer[0].attention.self.query.base_layer
+    assert type(query).__name__ == layer
+    result = train(cfg, progress=False)
+    assert result.history and math.isfinite(result.metrics["val/loss"])
+    assert (Path(result.adapter_dir) / ADAPTER_WEIGHTS).is_file()
