@@ -16,6 +16,7 @@ from ray import tune
 
 from trainable.config import OBJECTIVE, TrialConfig
 from trainable.errors import UserError
+from tune import auth
 from tune.mirror import (
     COMPLETED,
     FAILED,
@@ -277,7 +278,7 @@ def _error_line(trial: Any) -> str:
 
 def connect(study: StudyConfig) -> None:
     """Start Ray in-process, or join the cluster at study.address or $RAY_ADDRESS (`auto`,
-    `host:port`); fails fast if unreachable. Token auth: see `_use_token_auth`."""
+    `host:port`); fails fast if unreachable. Token auth: see `tune.auth`."""
     import os
 
     import ray
@@ -289,7 +290,7 @@ def connect(study: StudyConfig) -> None:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
         except (OSError, ValueError) as e:
             raise UserError(f"Ray address {address} is unreachable ({e})") from None
-    token = _use_token_auth() if address else False
+    token = auth.token_auth_on()
     # Ray Train cleans up a data-parallel trial's placement group through the State API,
     # which the dashboard serves; a plain local study does without it.
     dashboard = None if address or study.workers_per_trial > 1 else False
@@ -298,32 +299,15 @@ def connect(study: StudyConfig) -> None:
                  logging_level=logging.WARNING, log_to_driver=True,
                  runtime_env=None, ignore_reinit_error=True)
     except (ConnectionError, ValueError, RuntimeError) as e:
-        hint = ("; token auth is on: is this machine's token the cluster's?" if token else
-                "; if the cluster uses token auth, put its token in ~/.ray/auth_token, "
-                "$RAY_AUTH_TOKEN_PATH or $RAY_AUTH_TOKEN")
+        if token:
+            hint = "; token auth is on: is this machine's token the cluster's?"
+        elif auth.has_token():
+            hint = ("; this machine has a Ray auth token: if the cluster uses token auth, "
+                    "export RAY_AUTH_MODE=token before starting Python")
+        else:
+            hint = f"; if the cluster uses token auth, put its token in {auth.TOKEN_SOURCES}"
         raise UserError(f"cannot connect to Ray at {address} ({str(e).splitlines()[0]}){hint}"
                         ) from None
-
-
-def _use_token_auth() -> bool:
-    """Send Ray's auth token when joining a cluster, if this machine has one.
-
-    Clusters started with `ray start` use token auth by default since Ray 2.59, but
-    `ray.init` turns it on by itself only for a cluster it finds on its own, not for an
-    explicit address (`--address host:port`, $RAY_ADDRESS). A token in ~/.ray/auth_token,
-    $RAY_AUTH_TOKEN_PATH or $RAY_AUTH_TOKEN turns it on here too, through Ray's documented
-    switch $RAY_AUTH_MODE=token; a cluster without auth ignores it. An explicit
-    $RAY_AUTH_MODE is left as it is.
-    """
-    import os
-
-    if "RAY_AUTH_MODE" in os.environ:
-        return os.environ["RAY_AUTH_MODE"].lower() == "token"
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token").expanduser()
-    if not os.environ.get("RAY_AUTH_TOKEN") and not token_file.is_file():
-        return False
-    os.environ["RAY_AUTH_MODE"] = "token"
-    return True
 
 
 def resolve_gpus(study: StudyConfig) -> float:

@@ -22,6 +22,7 @@ from trainable.cli import ArgumentParser
 from trainable.config import DEMO_DATA, OBJECTIVE, TrialConfig
 from trainable.errors import UserError
 from trainable.train import add_trial_arguments, configure_logging, trial_changes
+from tune.auth import use_token_auth
 from tune.study import SEARCHED, StudyConfig
 
 # --smoke: a tiny study for the quickstart and CI (about two minutes on two cores).
@@ -227,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_libraries()
     try:
         study, base, resume = parse_args(argv)
+        # Before anything imports ray: it reads $RAY_AUTH_MODE once, on import.
+        use_token_auth(study.address or os.environ.get("RAY_ADDRESS"))
         from tune.driver import run_study
 
         summary = run_study(study, base, resume=resume)

@@ -118,10 +118,12 @@ def test_adapter_holds_only_lora_and_head_weights(trial, tiny_model_dir):
     assert all("lora_" in k or "classifier" in k for k in tensors), sorted(tensors)
     assert any("lora_A" in k for k in tensors) and any("lora_B" in k for k in tensors)
     assert any("classifier" in k for k in tensors)
-    # LoRA on query and value of every layer (A: r x h, B: h x r) plus the 2-class head.
+    # LoRA (A: r x h, B: h x r) on query and value of every layer and on the pooler's dense
+    # layer (BERT classifies from it), plus the 2-class head.
     config = AutoConfig.from_pretrained(tiny_model_dir)
     h, r = config.hidden_size, trial.cfg.lora_rank
-    expected = config.num_hidden_layers * 2 * (2 * h * r) + (h * 2 + 2)
+    assert any("pooler" in k and "lora_A" in k for k in tensors), sorted(tensors)
+    expected = (config.num_hidden_layers * 2 + 1) * (2 * h * r) + (h * 2 + 2)
     assert sum(t.numel() for t in tensors.values()) == expected
 
 
