@@ -27,6 +27,7 @@ from trainable.config import OBJECTIVE
 from trainable.errors import UserError
 
 COMPLETED, STOPPED, FAILED, RUNNING = "completed", "stopped_early", "failed", "running"
+LOST = "lost"  # tune.mirror.LOST
 FINISHED_STATES = (COMPLETED, STOPPED)
 STUDY_FILE, PARAMS_FILE, RESULT_FILE, ERROR_FILE = "study.json", "params.json", "result.json", "error.txt"
 # The searched fields when a study does not say (the tune driver's default).
@@ -167,6 +168,8 @@ def load_from_mlflow(client: Any, experiment: str, selector: str | None) -> Stud
                            f"tags.study = '{name}' and tags.run_type = 'trial'"):
         if run.data.tags.get("mlflow.parentRunId") != parent.info.run_id:
             continue  # a study of the same name elsewhere in the experiment
+        if run.data.tags.get("state") == LOST:
+            continue  # a trial Ray never recorded; its configuration ran again (tune.mirror)
         rp = run.data.params
         if not base:
             base = {k: _parse(v) for k, v in rp.items() if k != "searched"}

@@ -509,6 +509,9 @@ def _summarize(study: StudyConfig, mirror: Mirror, started: float,
             run_id = mirror.apply(record)
             if best is not None and record.trial_id == best.trial_id:
                 best_run = run_id
+        for trial_id in mirror.mark_lost({r.trial_id for r in records}):
+            log.warning("trial %s: its driver was killed before Ray recorded it; its MLflow "
+                        "run is marked lost", trial_id)
         db = Path(optuna_storage_url(study)[len("sqlite:///"):])
         mirror.finish(best, status="KILLED" if interrupted else "FINISHED",
                       optuna_db=db if study.search == "optuna" else None, counts=counts)

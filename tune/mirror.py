@@ -34,7 +34,11 @@ log = logging.getLogger("tune.mirror")
 
 # Trial states as tagged in MLflow (tag `state`).
 RUNNING, COMPLETED, STOPPED, FAILED = "running", "completed", "stopped_early", "failed"
-_RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", FAILED: "FAILED"}
+# A run whose trial Ray never recorded: the driver died before Ray's next snapshot of the
+# study (Ray takes one every 10 s or more), and the resumed study ran that configuration
+# again as a new trial. Kept, marked, and left out of analysis.
+LOST = "lost"
+_RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", FAILED: "FAILED", LOST: "KILLED"}
 
 BEST_METRIC = f"{OBJECTIVE.metric}_best"  # running best of the objective, for sorting in the UI
 ADAPTER_ARTIFACT = "adapter"
@@ -215,6 +219,26 @@ class Mirror:
             if run.info.status != _RUN_STATUS.get(record.state):
                 self.client.set_terminated(run_id, _RUN_STATUS[record.state])
         return run_id
+
+    def mark_lost(self, known: set[str]) -> list[str]:
+        """Mark the study's open trial runs whose trial Ray does not know (see LOST); returns
+        their trial ids."""
+        assert self.experiment_id is not None
+        lost = []
+        for run in self.client.search_runs(
+                [self.experiment_id], max_results=1000,
+                filter_string=f"tags.study = '{self.study.name}' and tags.run_type = 'trial' "
+                              f"and tags.state = '{RUNNING}'"):
+            trial_id = run.data.tags.get("trial_id", "")
+            if trial_id in known:
+                continue
+            self.client.log_batch(run.info.run_id, tags=_tags({
+                "state": LOST, "error": "the study's driver was killed before Ray recorded "
+                                        "this trial; the resumed study ran its configuration "
+                                        "again as a new trial"}))
+            self.client.set_terminated(run.info.run_id, _RUN_STATUS[LOST])
+            lost.append(trial_id)
+        return lost
 
     def _child_run(self, trial_id: str) -> str:
         if trial_id in self._runs:

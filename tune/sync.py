@@ -35,6 +35,7 @@ def sync(study: StudyConfig) -> tuple[int, str]:
     records = load_records(target.experiment_path, max_epochs=base.epochs)
     for record in records:
         mirror.apply(record)
+    mirror.mark_lost({r.trial_id for r in records})
     return len(records), parent
 
 
