@@ -219,28 +219,39 @@ def test_a_worker_node_removed_mid_study_its_trials_finish_elsewhere(
 
 
 def test_mlflow_down_mid_study_the_mirror_catches_up(warm_tiny_model_dir, tmp_path):
+    """Stop the tracking server during trial 1's epoch 2 and start it again (same port, same
+    store) once the driver has noticed: trials keep training, and MLflow ends with every
+    trial and every epoch, each once. The catch-up is automatic when the server is back
+    before the study ends; otherwise the driver prints the one command that does it."""
     server = MlflowServer(tmp_path / "mlflow").start()
     name, experiment = "outage", "tests-faults-outage"
     try:
+        # Full demo set: trials long enough for the server to come back before the end.
         args = tiny_study_args(warm_tiny_model_dir, tmp_path / "runs", server.uri, name,
                                experiment, num_trials=3, max_concurrent=1, epochs=3,
-                               scheduler="none")
+                               scheduler="none", max_train_samples=None, max_lengths="64",
+                               batch_sizes="8")
         study = Study(args, tmp_path)
         try:
             study.wait_for(r"trial (\S+) epoch 1/3")
             server.stop()  # down while trials train
-            study.wait_for(r"trial (\S+) completed after 3 epoch")
-            study.wait_for(r"trial (\S+) epoch 2/3")
+            study.wait_for(r"MLflow unreachable")
             server.start()  # back on the same port and store, mid-study
             out = study.finish()
         finally:
             if study.proc.poll() is None:
                 study.kill_everything()
         assert study.proc.returncode == 0, out[-4000:]
-        assert "MLflow unreachable" in out
+        if "MLflow not updated" in out:  # the study ended before the server was back
+            print("outage: the study ended first; catching up with tune.sync")
+            sync = run_cli("--name", name, "--storage-path", tmp_path / "runs",
+                           module="tune.sync")
+            assert sync.returncode == 0, sync.stderr[-3000:]
+        else:
+            print("outage: the mirror caught up by itself")
         client, runs = _children(server.uri, experiment, name)
         ids = [r.data.tags["trial_id"] for r in runs]
-        assert len(ids) == len(set(ids)) == 3
+        assert len(ids) == len(set(ids)) == 3, out[-5000:]
         for run in runs:
             for key in ("val/f1", "val/loss", "train/loss"):
                 assert _steps(client, run, key) == [1, 2, 3], (key, run.data.tags["trial_id"])
