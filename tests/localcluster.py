@@ -76,7 +76,9 @@ class LocalCluster:
         for i in range(self.workers):
             worker = self._ray_start("--address", self.address, "--num-cpus",
                                      str(self.worker_cpus), "--num-gpus", "1", "--resources",
-                                     json.dumps({TRIAL_RESOURCE: self.fake_gpus}))
+                                     # `worker_<i>` tells the nodes apart (kill_worker).
+                                     json.dumps({TRIAL_RESOURCE: self.fake_gpus,
+                                                 f"worker_{i}": 1}))
             self._wait(worker, f"worker {i}")
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -87,7 +89,9 @@ class LocalCluster:
         else:
             pytest.fail(f"cluster has {len(nodes)} live nodes, expected {1 + self.workers}")
         self.head_id = next(n["id"] for n in nodes if TRIAL_RESOURCE not in n["resources"])
-        self.worker_ids = sorted(n["id"] for n in nodes if TRIAL_RESOURCE in n["resources"])
+        by_name = {name: n["id"] for n in nodes for name in n["resources"]
+                   if name.startswith("worker_")}
+        self.worker_ids = [by_name[f"worker_{i}"] for i in range(self.workers)]  # start order
         self.start_s = round(time.perf_counter() - started, 1)
         return self
 

@@ -90,8 +90,8 @@ class Study:
         self.proc.wait()
 
 
-def _trial_pid(storage: Path, name: str, trial_id: str, timeout: float = 60) -> int:
-    """The pid of a running trial, from its latest result. Ray writes result.json to its
+def _trial_result(storage: Path, name: str, trial_id: str, timeout: float = 60) -> dict:
+    """A running trial's latest result (its pid among Ray's keys). Ray writes result.json to its
     driver staging folder first (/tmp/ray/session_*/artifacts/...) and syncs it to the
     study's storage later, so both are searched, newest first."""
     patterns = [(storage / name, f"*{trial_id}*/result.json"),
@@ -103,25 +103,30 @@ def _trial_pid(storage: Path, name: str, trial_id: str, timeout: float = 60) -> 
         for result in sorted(found, key=lambda f: f.stat().st_mtime, reverse=True):
             lines = result.read_text().splitlines()
             if lines:
-                return int(json.loads(lines[-1])["pid"])
+                return json.loads(lines[-1])
         time.sleep(0.5)
     raise AssertionError(f"no result.json for trial {trial_id}")
 
 
 def test_trial_killed_mid_epoch_restarts_from_its_checkpoint(warm_tiny_model_dir,
                                                              mlflow_server, tmp_path):
-    """SIGKILL a trial's process during epoch 2: Ray restarts it from the epoch-1 checkpoint,
-    the study completes, and MLflow keeps one run with epochs 1..4, each once."""
+    """SIGKILL a trial's process in the middle of epoch 2: Ray restarts it from the epoch-1
+    checkpoint, the study completes, and MLflow keeps one run with epochs 1..4, each once.
+
+    Mid-epoch, not at its end: Ray registers a reported checkpoint in a second call to the
+    trial's process, a few milliseconds after the report; a kill inside that window loses
+    the epoch's checkpoint and the retry starts from the one before."""
     name, experiment = "killed-trial", "tests-faults-trial"
-    # Full demo set, two threads' worth of work per epoch: long enough to kill mid-epoch.
+    # Full demo set padded to 128 tokens: epochs of a few seconds, to kill one mid-way.
     args = tiny_study_args(warm_tiny_model_dir, tmp_path / "runs", mlflow_server.uri, name,
                            experiment, num_trials=2, max_concurrent=1, epochs=4,
                            scheduler="none", max_failures=2, max_train_samples=None,
-                           max_lengths="64", batch_sizes="8")
+                           max_lengths="128", batch_sizes="8", pad_to_max_length=True)
     study = Study(args, tmp_path)
     try:
         trial_id = study.wait_for(r"trial (\S+) epoch 1/4").group(1)
-        pid = _trial_pid(tmp_path / "runs", name, trial_id)
+        pid = int(_trial_result(tmp_path / "runs", name, trial_id)["pid"])
+        time.sleep(1.0)  # into epoch 2 (about 2 s here; the checkpoint registers in ms)
         os.kill(pid, signal.SIGKILL)
         out = study.finish()
     finally:
