@@ -275,3 +275,37 @@ def test_environment_secrets_never_reach_mlflow_or_the_study_files(tiny_study):
     experiment = tiny_study["storage"] / tiny_study["name"]
     texts += [f.read_text(errors="replace") for f in experiment.rglob("*.json")]
     assert not any(s in t for s in secrets for t in texts)
+
+
+def test_runs_of_trials_ray_never_recorded_are_marked_lost(mlflow_server):
+    """After a driver was killed, Ray's restored study may lack a trial that MLflow already
+    has (Ray snapshots every 10 s or more): that run is marked lost and closed; runs of
+    trials Ray knows, open or finished, are left alone. Analysis leaves lost runs out."""
+    from analysis.study import load_from_mlflow
+    from trainable.config import TrialConfig
+    from tune.mirror import LOST, RUNNING, Mirror, TrialRecord
+    from tune.study import StudyConfig
+
+    study = StudyConfig(name="lost-runs", experiment="tests-lost", mlflow_uri=mlflow_server.uri)
+    mirror = Mirror(study, TrialConfig(epochs=2))
+    mirror.start(resume=False)
+    sampled = {"lr": 1e-3, "lora_rank": 4, "max_length": 64, "batch_size": 16}
+    epoch = {"epoch": 1, "val/f1": 0.5, "val/loss": 0.4, "train/loss": 0.6}
+    records = {trial_id: TrialRecord(trial_id, sampled, [epoch], state=state)
+               for trial_id, state in (("known", RUNNING), ("gone", RUNNING),
+                                       ("done", COMPLETED))}
+    for record in records.values():
+        mirror.apply(record)
+
+    assert mirror.mark_lost({"known", "done"}) == ["gone"]
+    assert mirror.mark_lost({"known", "done"}) == []  # repeatable
+    client, _, children = _runs(mlflow_server.uri, "tests-lost", "lost-runs")
+    by_id = {r.data.tags["trial_id"]: r for r in children}
+    assert by_id["gone"].data.tags["state"] == LOST
+    assert by_id["gone"].info.status == "KILLED"
+    assert "driver was killed" in by_id["gone"].data.tags["error"]
+    assert by_id["known"].data.tags["state"] == RUNNING
+    assert by_id["known"].info.status == "RUNNING"
+    assert by_id["done"].data.tags["state"] == COMPLETED
+    loaded = load_from_mlflow(client, "tests-lost", "lost-runs")
+    assert {t.trial_id for t in loaded.trials} == {"known", "done"}
