@@ -81,6 +81,14 @@ class Study:
         self.lines.append(rest)
         return "".join(self.lines)
 
+    def __enter__(self) -> Study:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Never leave a driver running: a failed test ends its whole session."""
+        if self.proc.poll() is None:
+            self.kill_everything()
+
     def kill_everything(self) -> None:
         """End the driver's whole session (its in-process Ray included)."""
         try:
@@ -122,16 +130,12 @@ def test_trial_killed_mid_epoch_restarts_from_its_checkpoint(warm_tiny_model_dir
                            experiment, num_trials=2, max_concurrent=1, epochs=4,
                            scheduler="none", max_failures=2, max_train_samples=None,
                            max_lengths="128", batch_sizes="8", pad_to_max_length=True)
-    study = Study(args, tmp_path)
-    try:
+    with Study(args, tmp_path) as study:
         trial_id = study.wait_for(r"trial (\S+) epoch 1/4").group(1)
         pid = int(_trial_result(tmp_path / "runs", name, trial_id)["pid"])
         time.sleep(1.0)  # into epoch 2 (about 2 s here; the checkpoint registers in ms)
         os.kill(pid, signal.SIGKILL)
         out = study.finish()
-    finally:
-        if study.proc.poll() is None:
-            study.kill_everything()
     assert study.proc.returncode == 0, out[-4000:]
     client, runs = _children(mlflow_server.uri, experiment, name)
     assert len(runs) == 2
@@ -160,14 +164,10 @@ def test_driver_killed_then_resumed_reruns_nothing_and_duplicates_nothing(
     args = tiny_study_args(warm_tiny_model_dir, tmp_path / "runs", mlflow_server.uri, name,
                            experiment, num_trials=4, max_concurrent=1, epochs=2,
                            scheduler="none")
-    study = Study(args, tmp_path)
-    try:
+    with Study(args, tmp_path) as study:
         study.wait_for(r"trial (\S+) completed after 2 epoch")
         in_flight = study.wait_for(r"trial (\S+) epoch 1/2").group(1)  # the second trial
         study.kill_everything()  # SIGKILL: no clean-up, no final snapshot
-    finally:
-        if study.proc.poll() is None:
-            study.kill_everything()
     first = "".join(study.lines)
     finished = set(re.findall(r"trial (\S+) completed after", first))
     assert finished
@@ -204,14 +204,11 @@ def test_a_worker_node_removed_mid_study_its_trials_finish_elsewhere(
                                scheduler="none", max_failures=3, address=cluster.address,
                                trial_resource=TRIAL_RESOURCE, max_train_samples=None,
                                max_lengths="64", batch_sizes="8")
-        study = Study(args, tmp_path, env={"RAY_AUTH_TOKEN_PATH": str(cluster.token_path)})
-        try:
+        env = {"RAY_AUTH_TOKEN_PATH": str(cluster.token_path)}
+        with Study(args, tmp_path, env=env) as study:
             study.wait_for(r"trial (\S+) epoch 1/3")
             cluster.kill_worker(1)
             out = study.finish()
-        finally:
-            if study.proc.poll() is None:
-                study.kill_everything()
         assert study.proc.returncode == 0, out[-4000:]
         client, runs = _children(mlflow_server.uri, experiment, name)
         assert len(runs) == 4
@@ -238,16 +235,12 @@ def test_mlflow_down_mid_study_the_mirror_catches_up(warm_tiny_model_dir, tmp_pa
                                experiment, num_trials=3, max_concurrent=1, epochs=3,
                                scheduler="none", max_train_samples=None, max_lengths="64",
                                batch_sizes="8")
-        study = Study(args, tmp_path)
-        try:
+        with Study(args, tmp_path) as study:
             study.wait_for(r"trial (\S+) epoch 1/3")
             server.stop()  # down while trials train
             study.wait_for(r"MLflow unreachable")
             server.start()  # back on the same port and store, mid-study
             out = study.finish()
-        finally:
-            if study.proc.poll() is None:
-                study.kill_everything()
         assert study.proc.returncode == 0, out[-4000:]
         if "MLflow not updated" in out:  # the study ended before the server was back
             print("outage: the study ended first; catching up with tune.sync")
