@@ -25,9 +25,8 @@ from typing import Any
 
 from trainable.config import OBJECTIVE
 from trainable.errors import UserError
+from tune.states import COMPLETED, FAILED, LOST, RUNNING, STOPPED
 
-COMPLETED, STOPPED, FAILED, RUNNING = "completed", "stopped_early", "failed", "running"
-LOST = "lost"  # tune.mirror.LOST
 FINISHED_STATES = (COMPLETED, STOPPED)
 STUDY_FILE, PARAMS_FILE, RESULT_FILE, ERROR_FILE = "study.json", "params.json", "result.json", "error.txt"
 # The searched fields when a study does not say (the tune driver's default).

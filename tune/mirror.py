@@ -28,16 +28,11 @@ from typing import Any
 from trainable.checkpoint import METRICS, RESUME
 from trainable.config import OBJECTIVE, TrialConfig
 from trainable.errors import UserError
+from tune.states import COMPLETED, FAILED, LOST, RUNNING, STOPPED
 from tune.study import StudyConfig
 
 log = logging.getLogger("tune.mirror")
 
-# Trial states as tagged in MLflow (tag `state`).
-RUNNING, COMPLETED, STOPPED, FAILED = "running", "completed", "stopped_early", "failed"
-# A run whose trial Ray never recorded: the driver died before Ray's next snapshot of the
-# study (Ray takes one every 10 s or more), and the resumed study ran that configuration
-# again as a new trial. Kept, marked, and left out of analysis.
-LOST = "lost"
 _RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", FAILED: "FAILED", LOST: "KILLED"}
 
 BEST_METRIC = f"{OBJECTIVE.metric}_best"  # running best of the objective, for sorting in the UI
