@@ -33,7 +33,7 @@ from analysis.study import (
     study_from_args,
     trial_folders,
 )
-from trainable.checkpoint import METRICS, RESUME, TRIAL_CONFIG
+from trainable.adapter import METRICS, RESUME, TRIAL_CONFIG
 from trainable.cli import ArgumentParser
 from trainable.config import OBJECTIVE
 from trainable.errors import UserError

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from trainable.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METRICS, TRIAL_CONFIG, write_json
+from trainable.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METRICS, TRIAL_CONFIG, write_json
 from trainable.config import PACKAGED_MODEL, TrialConfig
 from trainable.errors import UserError
 from trainable.inference import BASE_MODEL_DIR

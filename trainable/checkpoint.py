@@ -1,9 +1,8 @@
 """Adapter-only checkpoints: written per epoch, atomically, and loaded without unpickling.
 
-An epoch folder holds the LoRA adapter and head (peft's `adapter_model.safetensors` and
-`adapter_config.json`), `trial_config.json` (which names the base model and tokenizer),
-`metrics.json`, and `resume.ckpt` (Lightning's optimizer and loop state, trainable weights
-only) so an interrupted trial can continue. The frozen base model is never saved.
+Each epoch folder is an adapter folder (`trainable.adapter`) plus `resume.ckpt` (Lightning's
+optimizer and loop state, trainable weights only) so an interrupted trial can continue. The
+frozen base model is never saved.
 """
 
 from __future__ import annotations
@@ -18,62 +17,11 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint
 
+from trainable.adapter import METRICS, RESUME, save_adapter
 from trainable.config import OBJECTIVE, TrialConfig
-from trainable.errors import UserError
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-TRIAL_CONFIG = "trial_config.json"
-METRICS = "metrics.json"
-RESUME = "resume.ckpt"
 
 # Called after each epoch's checkpoint is on disk: (metrics of that epoch, its folder).
 Report = Callable[[dict[str, float], Path], None]
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def save_adapter(model: Any, folder: Path, cfg: TrialConfig, metrics: dict[str, float]) -> None:
-    """Write the adapter (safetensors), the trial config and the metrics into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    write_json(folder / TRIAL_CONFIG, cfg.to_dict())
-    write_json(folder / METRICS, metrics)
-
-
-def read_adapter_folder(folder: Path) -> tuple[TrialConfig, dict[str, Any]]:
-    """The trial config and metrics of an adapter folder, checking that it is complete."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"checkpoint {folder}: no such folder")
-    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, TRIAL_CONFIG):
-        if not (folder / name).is_file():
-            raise UserError(f"checkpoint {folder}: {name} is missing")
-    cfg = TrialConfig.from_json_file(folder / TRIAL_CONFIG)
-    metrics_path = folder / METRICS
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
-    return cfg, metrics
-
-
-def load_adapter_weights(model: Any, folder: Path) -> None:
-    """Load an adapter folder's safetensors weights into a peft model built the same way."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
-    except Exception as e:
-        raise UserError(f"checkpoint {folder}: cannot read {ADAPTER_WEIGHTS} ({e})") from None
-    result = set_peft_model_state_dict(model, state)
-    unexpected = getattr(result, "unexpected_keys", [])
-    if unexpected:
-        raise UserError(f"checkpoint {folder}: weights do not fit this model "
-                        f"(unexpected {unexpected[0]})")
 
 
 class EpochCheckpoint(Checkpoint):

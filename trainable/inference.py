@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainable.checkpoint import ADAPTER_WEIGHTS, read_adapter_folder
+from trainable.adapter import ADAPTER_WEIGHTS, read_adapter_folder
 from trainable.config import TrialConfig
 from trainable.errors import UserError
 

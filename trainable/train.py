@@ -20,14 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainable.checkpoint import (
-    METRICS,
-    RESUME,
-    EpochCheckpoint,
-    Report,
-    load_adapter_weights,
-    write_json,
-)
+from trainable.adapter import METRICS, RESUME, load_adapter_weights, write_json
+from trainable.checkpoint import EpochCheckpoint, Report
 from trainable.cli import ArgumentParser
 from trainable.config import DEMO_DATA, HUB_DATA, OBJECTIVE, TrialConfig
 from trainable.errors import TrialOutOfMemoryError, UserError

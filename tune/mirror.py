@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainable.checkpoint import METRICS, RESUME
+from trainable.adapter import METRICS, RESUME
 from trainable.config import OBJECTIVE, TrialConfig
 from trainable.errors import UserError
 from tune.states import COMPLETED, FAILED, LOST, RUNNING, STOPPED

@@ -13,7 +13,7 @@ import pytest
 from safetensors import safe_open
 
 from tests.conftest import error_lines
-from trainable.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METRICS, RESUME, TRIAL_CONFIG
+from trainable.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METRICS, RESUME, TRIAL_CONFIG
 from trainable.config import EVAL_METRICS, OBJECTIVE, TrialConfig
 from trainable.errors import UserError
 from trainable.train import ADAPTER_DIR, CHECKPOINTS_DIR, main, train
@@ -138,7 +138,7 @@ def test_saved_adapter_reproduces_the_test_metrics(trial, tmp_path):
     """A fresh base model plus the saved adapter scores what the trial reported."""
     import lightning.pytorch as pl
 
-    from trainable.checkpoint import load_adapter_weights
+    from trainable.adapter import load_adapter_weights
     from trainable.model import build_model
     from trainable.module import ClauseClassifier
     from trainable.train import prepare
