@@ -9,8 +9,11 @@ does, then Ray's schema; no cloud calls, no credentials) and this project's inva
 GPU worker type that scales from zero, a head that takes no trials, every node installing
 the project with the pinned torch and lock, MLflow and the Ray dashboard bound to
 127.0.0.1, no port but SSH open to the world, instance profiles or service accounts instead
-of keys, and nothing in any file that looks like a credential. The lock must list exactly
-the versions installed in the Python running this script (the driver's venv).
+of keys, and nothing in any file that looks like a credential. The lock's pins must
+satisfy pyproject.toml and each other (read on the platform the lock was made for). Whether
+the Python running this script (the driver's venv) has exactly the locked versions is
+reported as a WARNING line, not a failure: `make` installs with the lock, and a venv built
+some other way may differ by a patch release without anything being wrong with the lock.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import logging
 import re
 import shlex
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -132,6 +137,101 @@ def lock_problems(path: Path = LOCK) -> list[str]:
         if want != have:
             problems.append(f"{name}: lock {want or '-'}, venv {have or '-'}")
     return problems
+
+
+def lock_environment(python: str) -> dict[str, str]:
+    """Marker values of the platform the lock is made for (its header: linux x86_64, CPython)."""
+    return {"python_version": python, "python_full_version": f"{python}.0", "os_name": "posix",
+            "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+            "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+
+
+def project_requirements() -> list[str]:
+    """The project's run-time requirements, from pyproject.toml (installed metadata on 3.10)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the editable install's metadata says the same
+        return list(metadata.distribution(PROJECT).requires or [])
+    with (REPO_ROOT / "pyproject.toml").open("rb") as f:
+        return list(tomllib.load(f)["project"]["dependencies"])
+
+
+def installed_requires(name: str, version: str) -> list[str] | None:
+    """The requirements of name==version from its installed metadata; None if not installed at it."""
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return None
+    return list(dist.requires or []) if public(dist.version) == version else None
+
+
+@dataclass
+class LockConsistency:
+    """What lock_consistency found: problems (conflicts), and which pins it could read."""
+
+    problems: list[str] = field(default_factory=list)
+    checked: set[str] = field(default_factory=set)    # pins whose own requirements were read
+    unchecked: set[str] = field(default_factory=set)  # pins with no metadata at that version here
+
+
+def lock_consistency(path: Path = LOCK,
+                     requires_of: Callable[[str, str], list[str] | None] = installed_requires,
+                     ) -> LockConsistency:
+    """Whether the lock's pins satisfy pyproject.toml and each other, as pip would resolve them.
+
+    Walks the requirements down from pyproject.toml with the lock's markers (its Python,
+    linux x86_64): every requirement reached must be pinned, at a version its specifier
+    admits. A pin's own requirements come from requires_of (default: the installed metadata,
+    read only where the installed version equals the pin). A venv that differs from the
+    lock can therefore only leave pins unchecked, never make the lock fail.
+    """
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins, python = read_lock(path)
+    env = lock_environment(python or f"{sys.version_info.major}.{sys.version_info.minor}")
+    found = LockConsistency()
+    todo: list[tuple[str, frozenset[str], list[str]]] = [(PROJECT, frozenset(),
+                                                          project_requirements())]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        name, extras, requires = todo.pop()
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is not None and not any(
+                    req.marker.evaluate({**env, "extra": e}) for e in (extras or {""})):
+                continue
+            dep = canonicalize_name(req.name)
+            pinned = pins.get(dep)
+            if pinned is None:
+                found.problems.append(f"{dep} (needed by {name}: {req}) is not pinned")
+                continue
+            if not req.specifier.contains(pinned, prereleases=True):
+                found.problems.append(f"{dep}=={pinned} does not satisfy {name}'s {req}")
+            if (dep, frozenset(req.extras)) in seen:
+                continue
+            seen.add((dep, frozenset(req.extras)))
+            own = requires_of(dep, pinned)
+            if own is None:
+                found.unchecked.add(dep)
+                continue
+            found.checked.add(dep)
+            todo.append((dep, frozenset(req.extras), own))
+    found.unchecked -= found.checked
+    return found
+
+
+def drift_warning(path: Path = LOCK) -> str | None:
+    """A WARNING line when this Python's installed versions differ from the lock, else None."""
+    try:
+        drift = lock_problems(path)
+    except (metadata.PackageNotFoundError, RuntimeError) as e:
+        return f"WARNING: lock not compared with this venv: {e}"
+    if not drift:
+        return None
+    return (f"WARNING: this venv differs from the lock ({'; '.join(drift)}). `make study` / "
+            f"`make test` install with the lock; after a deliberate upgrade, regenerate it "
+            f"with `python cluster/validate.py --write-lock`")
 
 
 # ---------------------------------------------------------------- shell commands
@@ -499,12 +599,14 @@ def check_path(path: Path) -> tuple[bool, str]:
     problems = credential_problems(text)
     if path.resolve() == LOCK.resolve() and not problems:
         try:
-            drift = lock_problems(path)
-        except (metadata.PackageNotFoundError, RuntimeError) as e:
-            return True, f"OK (no credentials; lock not compared: {e})"
-        if drift:
-            return False, f"FAIL: lock differs from this venv: {'; '.join(drift)}"
-        return True, f"OK ({len(read_lock(path)[0])} pins equal this venv)"
+            found = lock_consistency(path)
+        except (OSError, ValueError) as e:  # unreadable, or a line that is not name==version
+            return False, f"FAIL: {e}"
+        if found.problems:
+            return False, "FAIL: the lock's pins conflict: " + "; ".join(found.problems)
+        unread = f", {len(found.unchecked)} not installed here at that version" if found.unchecked else ""
+        return True, (f"OK (no credentials; {len(read_lock(path)[0])} pins satisfy pyproject.toml "
+                      f"and each other: {len(found.checked)} read{unread})")
     return (False, "FAIL: " + "; ".join(problems)) if problems else (True, "OK (no credentials)")
 
 
@@ -519,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python cluster/validate.py", description=__doc__.split("\n")[0])
     p.add_argument("files", nargs="*", type=Path, help="default: every file in cluster/ but *.py")
     p.add_argument("--write-lock", action="store_true",
-                   help=f"write {LOCK.relative_to(REPO_ROOT)} from this venv, then check")
+                   help="write cluster/requirements.lock from this venv, then check")
     args = p.parse_args(argv)
     if args.write_lock:
         LOCK.write_text(lock_text(runtime_closure()), encoding="utf-8")
@@ -531,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
         ok &= good
         shown = path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path
         print(f"{shown}: {line}")
+        if good and path.resolve() == LOCK.resolve() and (warning := drift_warning(path)):
+            print(f"{shown}: {warning}")  # a report, not a failure: the exit status stays 0
     return 0 if ok else 1
 
 

@@ -1,4 +1,4 @@
-"""Cluster YAMLs: Ray's own validation offline, our invariants, and the lock against this venv.
+"""Cluster YAMLs: Ray's own validation offline, our invariants, and the lock's consistency.
 
 The checker is `cluster/validate.py` (a script users run before `ray up`), loaded here by
 path. Each invariant is also fed a deliberately broken copy, so a checker that passes
@@ -84,10 +84,54 @@ def test_config_keeps_our_invariants(path):
     assert line.startswith("OK")
 
 
-def test_lock_equals_this_venv():
-    problems = validate.lock_problems()
-    assert not problems, ("cluster/requirements.lock drifted from the venv; regenerate it with "
-                          "`python cluster/validate.py --write-lock`: " + "; ".join(problems))
+def test_lock_pins_satisfy_pyproject_and_each_other():
+    """The lock resolves: every requirement reached from pyproject.toml is pinned, admissibly.
+
+    This, not a `pip check` of the venv, because it tests the file the cluster installs from
+    (a venv built without the lock can be consistent while the lock is not). Pins installed
+    here at another version are only left unchecked; whether this venv equals the lock is a
+    WARNING of `python cluster/validate.py`, not a test: it changes with every patch release.
+    """
+    found = validate.lock_consistency()
+    assert not found.problems, ("cluster/requirements.lock does not resolve; regenerate it with "
+                                "`python cluster/validate.py --write-lock`: "
+                                + "; ".join(found.problems))
+
+
+def test_lock_conflicts_are_reported(tmp_path):
+    lock = tmp_path / "requirements.lock"
+    text = validate.LOCK.read_text(encoding="utf-8")
+    ray_line = next(line for line in text.splitlines() if line.startswith("ray=="))
+    lock.write_text(text.replace(ray_line, "ray==2.0.0").replace("\noptuna==", "\n# optuna=="),
+                    encoding="utf-8")
+    torch = validate.read_lock(lock)[0]["torch"]
+    fake = {"lightning": ["torch>=99", "left-pad; sys_platform == 'win32'",
+                          "right-pad; extra == 'never'", "tqdm>=0.1; python_version < '3'"]}
+    found = validate.lock_consistency(lock, requires_of=lambda name, version: fake.get(name, []))
+    assert any(p.startswith("ray==2.0.0 does not satisfy qlora-tune's ray") for p in found.problems)
+    assert any(p.startswith("optuna (needed by qlora-tune") for p in found.problems), found.problems
+    assert f"torch=={torch} does not satisfy lightning's torch>=99" in found.problems
+    assert len(found.problems) == 3, found.problems  # markers false on the lock's platform skip
+    assert "lightning" in found.checked and not found.unchecked
+
+
+def test_pins_without_metadata_are_unchecked_not_failed():
+    found = validate.lock_consistency(requires_of=lambda name, version: None)
+    assert found.problems == [] and found.checked == set()
+    assert {"ray", "torch", "lightning", "mlflow"} <= found.unchecked
+
+
+def test_venv_drift_is_a_warning_not_a_failure(tmp_path, monkeypatch, capsys):
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(validate.LOCK.read_text(encoding="utf-8") + "left-pad==1.0\n", encoding="utf-8")
+    monkeypatch.setattr(validate, "LOCK", lock)
+    ok, line = validate.check_path(lock)
+    assert ok and line.startswith("OK (no credentials; "), line
+    assert validate.main([str(lock)]) == 0
+    verdict, warning = capsys.readouterr().out.strip().splitlines()
+    assert verdict.endswith(line)
+    assert "WARNING: this venv differs from the lock" in warning, warning
+    assert "left-pad: lock 1.0, venv -" in warning
 
 
 def test_lock_pins_the_stack():
