@@ -168,11 +168,6 @@ def test_is_local_data():
     assert TrialConfig(data="/some/dir").is_local_data
 
 
-def test_objective_is_unfair_class_f1_maximized():
-    assert OBJECTIVE.metric == "val/f1"
-    assert OBJECTIVE.mode == "max"
-
-
 @pytest.mark.parametrize(("mode", "new", "old", "better"), [
     ("max", 0.5, None, True),
     ("max", NAN, None, False),
