@@ -21,8 +21,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: study test venv clean-venv
 
+# Each run is a new study, smoke-<date-time> (run.py never overwrites one); a --name in ARGS wins.
 study: $(STAMP)
-	$(BIN)/python tune/run.py --smoke $(ARGS)
+	$(BIN)/python tune/run.py --smoke --name smoke-$$(date +%Y%m%d-%H%M%S) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
