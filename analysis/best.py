@@ -25,18 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.study import (
-    Study,
-    TrialRecord,
-    add_study_arguments,
-    read_results,
-    study_from_args,
-    trial_folders,
-)
+from analysis.study import Study, add_study_arguments, study_from_args
 from trainable.adapter import METRICS, RESUME, TRIAL_CONFIG
 from trainable.cli import ArgumentParser
 from trainable.config import OBJECTIVE
 from trainable.errors import UserError
+from tune.records import (
+    RESULT_FILE,
+    TrialRecord,
+    list_checkpoints,
+    read_results,
+    trial_folders,
+    trial_id_of,
+)
 
 DEFAULT_MODEL_NAME = "unfair-tos-classifier"
 CHAMPION = "champion"
@@ -133,12 +134,12 @@ def _ray_checkpoint(study: Study, trial: TrialRecord, epochs: list[int]) -> tupl
     storage is a local folder."""
     if not study.storage or "://" in study.storage or not Path(study.storage).is_dir():
         return None
-    folders = [Path(trial.folder)] if trial.folder else [
-        f for f in trial_folders(Path(study.storage))
-        if any(str(r.get("trial_id")) == trial.trial_id for r in read_results(f / "result.json"))]
-    found = [(epoch, checkpoint) for trial_dir in folders
-             for checkpoint in sorted(trial_dir.glob("checkpoint_*"))
-             if checkpoint.is_dir() and (epoch := _epoch_of(checkpoint)) in epochs]
+    folders = [trial.folder] if trial.folder else [
+        f for f in trial_folders(study.storage)
+        if trial_id_of(f, read_results(f"{f}/{RESULT_FILE}")) == trial.trial_id]
+    found = [(epoch, Path(checkpoint)) for trial_dir in folders
+             for checkpoint in list_checkpoints(trial_dir)
+             if (epoch := _epoch_of(Path(checkpoint))) in epochs]
     if not found:
         return None
     epoch, checkpoint = min(found)
@@ -364,7 +365,7 @@ def _quiet() -> None:
     import logging
     import warnings
 
-    from trainable.train import configure_logging
+    from trainable.cli import configure_logging
 
     configure_logging(verbose=False)
     for name in ("mlflow", "alembic", "urllib3"):

@@ -19,6 +19,7 @@ from analysis.study import Study, add_study_arguments, study_from_args
 from trainable.cli import ArgumentParser
 from trainable.config import OBJECTIVE
 from trainable.errors import UserError
+from tune.space import DIMENSIONS, Dimension
 
 ANALYSIS_ARTIFACTS = "analysis"  # folder of the plots and table on the parent run
 TABLE_CSV = "trials.csv"
@@ -32,7 +33,7 @@ def trial_table(study: Study) -> Any:
     rows = []
     for t in study.trials:
         best = t.best
-        rows.append({"trial": t.trial_id, **{p: t.params.get(p) for p in study.searched},
+        rows.append({"trial": t.trial_id, **{p: t.sampled.get(p) for p in study.searched},
                      f"best {OBJECTIVE.metric}": best[1] if best else math.nan,
                      "at epoch": best[0] if best else None, "epochs": t.epochs,
                      "state": t.state, "seconds": t.seconds})
@@ -43,13 +44,16 @@ def trial_table(study: Study) -> Any:
                              na_position="last", kind="stable").reset_index(drop=True)
 
 
-def format_table(table: Any) -> str:
-    """The table as aligned text (lr in scientific notation, durations as 1m05s)."""
+def format_table(table: Any, space: tuple[Dimension, ...] = DIMENSIONS) -> str:
+    """The table as aligned text (log-scaled dimensions such as lr in scientific notation,
+    durations as 1m05s)."""
     from analysis.plots import format_seconds
 
     shown = table.copy()
-    if "lr" in shown:
-        shown["lr"] = shown["lr"].map(lambda v: "-" if v is None else f"{float(v):.2e}")
+    for dim in space:
+        if dim.log and dim.name in shown:
+            shown[dim.name] = shown[dim.name].map(
+                lambda v: "-" if v is None or v != v else f"{float(v):.2e}")
     metric = f"best {OBJECTIVE.metric}"
     shown[metric] = shown[metric].map(lambda v: "-" if math.isnan(v) else f"{v:.4f}")
     shown["at epoch"] = shown["at epoch"].map(lambda v: "-" if v is None or v != v else str(int(v)))
@@ -116,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"study {study.name}: {len(study.trials)} trials ("
           + ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items()))
           + f"), from {source}")
-    print(format_table(result["table"]))
+    print(format_table(result["table"], study.space()))
     best = study.best_trial()
     if best is not None and best.best is not None:
         print(f"best: trial {best.trial_id}, {OBJECTIVE.metric} {best.best[1]:.4f} at epoch "

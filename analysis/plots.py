@@ -12,15 +12,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from analysis.study import COMPLETED, FAILED, RUNNING, STOPPED, Study
+from analysis.study import Study
 from trainable.config import OBJECTIVE
+from tune.records import COMPLETED, FAILED, RUNNING, STOPPED
+from tune.space import CHOICE
 
 EPOCHS_PNG = "val_f1_per_epoch.png"
 SLICE_PNG = "objective_vs_hyperparameters.png"
 PARALLEL_PNG = "parallel_coordinates.png"
 IMPORTANCE_PNG = "hyperparameter_importance.png"
 
-_LOG_SCALE = {"lr"}  # searched log-uniformly by the tune driver
 
 
 def _pyplot() -> Any:
@@ -37,16 +38,16 @@ def distributions(study: Study) -> dict[str, Any]:
     the trials actually used (a resumed study may have changed them)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
+    space = {d.name: d for d in study.space()}
     out: dict[str, Any] = {}
     for name in study.searched:
-        seen = [t.params[name] for t in study.trials if name in t.params]
-        if name in _LOG_SCALE:
-            values = [float(v) for v in seen] + [float(study.settings[k]) for k in
-                                                 (f"{name}_min", f"{name}_max") if k in study.settings]
-            if values:
-                out[name] = FloatDistribution(min(values), max(values), log=True)
+        seen = [t.sampled[name] for t in study.trials if name in t.sampled]
+        dim = space.get(name)
+        if dim is not None and dim.kind != CHOICE:
+            values = [float(v) for v in seen] + [float(dim.low), float(dim.high)]
+            out[name] = FloatDistribution(min(values), max(values), log=dim.log)
             continue
-        choices = list(study.settings.get(f"{name}s") or [])  # lora_ranks, max_lengths, ...
+        choices = list(dim.choices) if dim is not None else []
         for value in seen:
             if value not in choices:
                 choices.append(value)
@@ -60,14 +61,15 @@ def optuna_study(study: Study) -> Any:
     """An in-memory Optuna study with one trial per record: value = best objective over epochs,
     intermediate values = the objective per epoch; failed trials as FAIL."""
     import optuna
+    from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState, create_trial
 
     dists = distributions(study)
     opt = optuna.create_study(study_name=study.name, direction=(
         "maximize" if OBJECTIVE.mode == "max" else "minimize"))
     for record in study.trials:
-        params = {k: v for k, v in record.params.items() if k in dists}
-        params = {k: float(v) if k in _LOG_SCALE else v for k, v in params.items()}
+        params = {k: float(v) if isinstance(dists[k], FloatDistribution) else v
+                  for k, v in record.sampled.items() if k in dists}
         best = record.best
         if record.state == RUNNING:
             continue

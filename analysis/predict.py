@@ -163,7 +163,7 @@ def _quiet() -> None:
     import logging
     import warnings
 
-    from trainable.train import configure_logging
+    from trainable.cli import configure_logging
 
     configure_logging(verbose=False)
     for name in ("mlflow", "urllib3"):

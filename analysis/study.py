@@ -1,16 +1,9 @@
-"""A finished (or running) study read back as plain records: from MLflow, or from Ray's results.
+"""A finished (or running) study read back as trial records: from MLflow, or from Ray's results.
 
 MLflow holds what the tune driver mirrored (parent run per study, child run per trial). When
-the tracking server cannot be reached, the same records come from the Ray results folder
-(`<storage>/<study>/`), read as files: `study.json`, and per trial `params.json`,
-`result.json` (one JSON line per epoch) and `error.txt`. This module never imports Ray.
-
-Trial states read from Ray's files (MLflow has them as the `state` tag) follow one rule:
-- `completed`: the trial reported every configured epoch;
-- `failed`: it did not, and it left an `error.txt` written after its last report (a trial
-  that failed, was retried from its checkpoint and then reported again is not failed);
-- `stopped_early`: otherwise (ASHA stopped it). Ray's files cannot tell a trial that is
-  still running from one that was stopped; MLflow's `state` tag can.
+the tracking server cannot be reached, the same records come from the Ray results folder,
+read as files by `tune.records` (which also holds the record type, the state rule and the
+best rule). This module never imports Ray.
 """
 
 from __future__ import annotations
@@ -25,47 +18,23 @@ from typing import Any
 
 from trainable.config import OBJECTIVE
 from trainable.errors import UserError
-from tune.states import COMPLETED, FAILED, LOST, RUNNING, STOPPED
+from tune.records import (
+    LOST,
+    RESULT_FILE,
+    RUNNING,
+    STUDY_FILE,
+    TrialRecord,
+    best_trial,
+    read_results,
+    read_study_json,
+    read_trials,
+    tracking_problem,
+    trial_folders,
+    trial_id_of,
+)
+from tune.space import DEFAULT_SEARCHED, Dimension, space_from_settings
 
-FINISHED_STATES = (COMPLETED, STOPPED)
-STUDY_FILE, PARAMS_FILE, RESULT_FILE, ERROR_FILE = "study.json", "params.json", "result.json", "error.txt"
-# The searched fields when a study does not say (the tune driver's default).
-DEFAULT_SEARCHED = ("lr", "lora_rank", "max_length", "batch_size")
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
-
-
-@dataclass
-class TrialRecord:
-    """One trial: sampled hyperparameters, the objective per epoch, state and cost."""
-
-    trial_id: str
-    params: dict[str, Any]
-    """The searched hyperparameters' values."""
-    history: dict[int, float] = field(default_factory=dict)
-    """The objective by epoch (1-based)."""
-    state: str = RUNNING
-    epochs: int = 0
-    seconds: float | None = None
-    error: str | None = None
-    run_id: str | None = None
-    """Its MLflow child run (None when read from Ray's files)."""
-    folder: str | None = None
-    """Its Ray trial folder, when known."""
-
-    @property
-    def best(self) -> tuple[int, float] | None:
-        """(epoch, value) of the best objective over all epochs; the earliest of ties."""
-        best: tuple[int, float] | None = None
-        for epoch in sorted(self.history):
-            value = self.history[epoch]
-            if OBJECTIVE.better(value, None if best is None else best[1]):
-                best = (epoch, value)
-        return best
-
-    @property
-    def finished(self) -> bool:
-        """Completed or stopped early (not failed, not running)."""
-        return self.state in FINISHED_STATES
 
 
 @dataclass
@@ -90,40 +59,16 @@ class Study:
         """Epochs each trial was configured for."""
         return int(self.base.get("epochs") or max((t.epochs for t in self.trials), default=0))
 
+    def space(self) -> tuple[Dimension, ...]:
+        """The study's search-space table: its recorded ranges and choices, else the defaults."""
+        return space_from_settings(self.settings)
+
     def best_trial(self) -> TrialRecord | None:
-        """The finished trial with the best objective over all its epochs (ties: earlier epoch,
-        then trial id)."""
-        ranked = [t for t in self.trials if t.finished and t.best is not None]
-        if not ranked:
-            return None
-        sign = 1 if OBJECTIVE.mode == "max" else -1
-        return min(ranked, key=lambda t: (-sign * t.best[1], t.best[0], t.trial_id))
-
-
-def derive_state(epochs_run: int, max_epochs: int, error_time: float | None,
-                 last_result_time: float | None) -> str:
-    """A trial's state from its Ray files (the rule is in the module docstring)."""
-    if max_epochs and epochs_run >= max_epochs:
-        return COMPLETED
-    if error_time is not None and (last_result_time is None or error_time >= last_result_time):
-        return FAILED
-    return STOPPED
+        """The finished trial with the best objective over all its epochs (`tune.records`)."""
+        return best_trial(self.trials)
 
 
 # -- MLflow ------------------------------------------------------------------------------------
-
-def check_reachable(uri: str, timeout: float = 5.0) -> bool:
-    """Whether an http(s) tracking server answers /health (other stores count as reachable)."""
-    if not uri.startswith(("http://", "https://")):
-        return True
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-            return r.status == 200
-    except (OSError, ValueError):
-        return False
-
 
 def find_parent_run(client: Any, experiment: str, selector: str | None) -> Any:
     """The study's parent run: by run id, by study name, or the latest study in `experiment`."""
@@ -176,20 +121,19 @@ def load_from_mlflow(client: Any, experiment: str, selector: str | None) -> Stud
                    for m in client.get_metric_history(run.info.run_id, OBJECTIVE.metric)
                    if not math.isnan(m.value)}
         end = run.info.end_time
-        trials.append(TrialRecord(
-            trial_id=run.data.tags.get("trial_id", run.info.run_name),
-            params={k: _parse(rp[k]) for k in searched if k in rp},
-            history=history, state=run.data.tags.get("state", RUNNING),
-            epochs=int(run.data.tags.get("epochs") or max(history, default=0)),
+        trials.append(TrialRecord.from_history(
+            run.data.tags.get("trial_id", run.info.run_name),
+            {k: _parse(rp[k]) for k in searched if k in rp}, history,
             # The mirror opens a trial's run at its first report: this misses one epoch.
             seconds=(end - run.info.start_time) / 1000 if end else None,
-            error=run.data.tags.get("error"), run_id=run.info.run_id))
+            state=run.data.tags.get("state", RUNNING), error=run.data.tags.get("error"),
+            run_id=run.info.run_id))
     if "epochs" in base:
         base["epochs"] = int(base["epochs"])
     study = Study(name=name, trials=sorted(trials, key=lambda t: t.trial_id), searched=searched,
                   settings=settings, base=base, parent_run_id=parent.info.run_id,
                   experiment_id=parent.info.experiment_id, storage=tags.get("storage"))
-    _add_ray_durations(study)
+    _add_ray_results(study)
     return study
 
 
@@ -204,19 +148,17 @@ def _search_all(client: Any, experiment_id: str, query: str) -> list[Any]:
             return runs
 
 
-def _add_ray_durations(study: Study) -> None:
-    """Trial durations from Ray's `time_total_s` where its results folder is readable here."""
+def _add_ray_results(study: Study) -> None:
+    """Each trial's full Ray results (durations from `time_total_s` included) where its results
+    folder is readable here."""
     if not study.storage or "://" in study.storage or not Path(study.storage).is_dir():
         return
     by_id = {t.trial_id: t for t in study.trials}
-    for folder in trial_folders(Path(study.storage)):
-        results = read_results(folder / RESULT_FILE)
-        trial_id = _trial_id(folder, results)
-        if trial_id in by_id:
-            by_id[trial_id].folder = str(folder)
-            seconds = max((float(r.get("time_total_s", 0)) for r in results), default=0.0)
-            if seconds:
-                by_id[trial_id].seconds = seconds
+    for folder in trial_folders(study.storage):
+        results = read_results(f"{folder}/{RESULT_FILE}")
+        record = by_id.get(trial_id_of(folder, results))
+        if record is not None and results:
+            record.folder, record.results = folder, results
 
 
 def _parse(value: str) -> Any:
@@ -237,32 +179,16 @@ def load_from_ray(storage_path: str | Path, selector: str | None) -> Study:
     if not root.is_dir():
         raise UserError(f"storage path {root}: no such folder")
     folder = _find_study_folder(root, selector)
+    saved = read_study_json(str(folder)) or {}
     try:
-        saved = json.loads((folder / STUDY_FILE).read_text(encoding="utf-8"))
         settings, base = dict(saved["study"]), dict(saved["trial"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{folder / STUDY_FILE}: not a study file ({e})") from None
     searched = tuple(settings.get("searched") or DEFAULT_SEARCHED)
-    max_epochs = int(base.get("epochs", 0))
-    trials = []
-    for trial_dir in trial_folders(folder):
-        results = read_results(trial_dir / RESULT_FILE)
-        sampled = _read_json(trial_dir / PARAMS_FILE) or {}
-        history = {int(r["epoch"]): float(r[OBJECTIVE.metric]) for r in results
-                   if "epoch" in r and isinstance(r.get(OBJECTIVE.metric), (int, float))}
-        error_file = trial_dir / ERROR_FILE
-        error_time = error_file.stat().st_mtime if error_file.is_file() else None
-        last_time = max((float(r["timestamp"]) for r in results if "timestamp" in r), default=None)
-        epochs = max(history, default=0)
-        state = derive_state(epochs, max_epochs, error_time, last_time)
-        trials.append(TrialRecord(
-            trial_id=_trial_id(trial_dir, results),
-            params={k: sampled[k] for k in searched if k in sampled}, history=history,
-            state=state, epochs=epochs,
-            seconds=max((float(r.get("time_total_s", 0)) for r in results), default=None),
-            error=last_line(error_file) if state == FAILED else None, folder=str(trial_dir)))
-    return Study(name=str(settings.get("name", folder.name)),
-                 trials=sorted(trials, key=lambda t: t.trial_id), searched=searched,
+    trials = read_trials(str(folder), max_epochs=int(base.get("epochs", 0)))
+    for record in trials:
+        record.sampled = {k: record.sampled[k] for k in searched if k in record.sampled}
+    return Study(name=str(settings.get("name", folder.name)), trials=trials, searched=searched,
                  settings=settings, base=base, parent_run_id=saved.get("parent_run_id"),
                  storage=str(folder), source="ray")
 
@@ -273,7 +199,7 @@ def _find_study_folder(root: Path, selector: str | None) -> Path:
     studies = [p.parent for p in root.glob(f"*/{STUDY_FILE}")]
     if selector:
         for folder in studies:
-            saved = _read_json(folder / STUDY_FILE) or {}
+            saved = read_study_json(str(folder)) or {}
             if folder.name == selector or saved.get("parent_run_id") == selector:
                 return folder
         raise UserError(f"no study {selector!r} under {root}")
@@ -282,59 +208,11 @@ def _find_study_folder(root: Path, selector: str | None) -> Path:
     return max(studies, key=lambda p: (p / STUDY_FILE).stat().st_mtime)
 
 
-def trial_folders(study_folder: Path) -> list[Path]:
-    """Ray's per-trial folders of a study (those holding a params.json)."""
-    return sorted(p.parent for p in study_folder.glob(f"*/{PARAMS_FILE}"))
-
-
-def _trial_id(folder: Path, results: list[dict[str, Any]]) -> str:
-    for r in results:
-        if r.get("trial_id"):
-            return str(r["trial_id"])
-    # Ray names trial folders `<trainable>_<trial id>_<index>_<params>_<date>`.
-    parts = folder.name.split("_")
-    return parts[2] if len(parts) > 3 and parts[0] == "run" else folder.name
-
-
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """The JSON lines of a result.json; a torn last line is skipped."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError:
-        return []
-    results = []
-    for line in text.splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(item, dict):
-            results.append(item)
-    return results
-
-
-def last_line(path: Path) -> str | None:
-    """The last non-empty line of a text file (Ray's error.txt ends with the exception)."""
-    try:
-        lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8", errors="replace")
-                 .splitlines() if ln.strip()]
-    except OSError:
-        return None
-    return lines[-1] if lines else None
-
-
-def _read_json(path: Path) -> Any | None:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def study_from_args(mlflow_uri: str | None, experiment: str, selector: str | None,
                     storage_path: str | None, allow_offline: bool) -> tuple[Study, Any | None]:
     """(study, MLflow client or None): MLflow when reachable, else Ray's files if allowed."""
     uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
-    if check_reachable(uri):
+    if tracking_problem(uri, writing=False) is None:
         from mlflow.tracking import MlflowClient
 
         # The registry too: MLflow's default registry is a sqlite file in the working directory.
@@ -342,7 +220,7 @@ def study_from_args(mlflow_uri: str | None, experiment: str, selector: str | Non
         study = load_from_mlflow(client, experiment, selector)
         if storage_path:
             study.storage = str(_find_study_folder(Path(storage_path).expanduser(), study.name))
-            _add_ray_durations(study)
+            _add_ray_results(study)
         return study, client
     if not allow_offline:
         raise UserError(f"MLflow tracking server {uri} is unreachable")

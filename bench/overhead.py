@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from tune.space import DEFAULT_SEARCHED
+
 REPO = Path(__file__).resolve().parents[1]
-SEARCHED = ("lr", "lora_rank", "max_length", "batch_size")
 
 
 def main() -> int:
@@ -60,7 +61,7 @@ def main() -> int:
     for i, (params, _) in enumerate(trials):
         cmd = [sys.executable, "-m", "trainable.train", *common, "--threads", str(args.threads),
                "--output-dir", str(args.out / f"{name}-seq-{i}")]
-        for key in SEARCHED:
+        for key in DEFAULT_SEARCHED:
             cmd += [f"--{key.replace('_', '-')}", str(params[key])]
         started = time.time()
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)

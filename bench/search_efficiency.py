@@ -13,12 +13,14 @@ ratio ASHA+Optuna / random.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from trainable.config import OBJECTIVE
+from tune.records import read_trials
 
 REPO = Path(__file__).resolve().parents[1]
 SEARCHES = {
@@ -29,20 +31,14 @@ TOLERANCE = 0.01
 
 
 def curve(experiment: Path) -> list[tuple[int, float]]:
-    """(cumulative trial-epochs, best val/f1 so far) after each reported epoch, by arrival."""
-    results = []
-    for result_file in experiment.glob("*/result.json"):
-        for line in result_file.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if "val/f1" in r:
-                results.append((r["timestamp"], r["val/f1"]))
-    results.sort()
-    best, out = float("-inf"), []
-    for i, (_, score) in enumerate(results, start=1):
-        best = max(best, score)
+    """(cumulative trial-epochs, best objective so far) after each reported epoch, by arrival."""
+    results = [r for record in read_trials(str(experiment), max_epochs=0)
+               for r in record.results if OBJECTIVE.metric in r]
+    results.sort(key=lambda r: r["timestamp"])
+    best, out = None, []
+    for i, r in enumerate(results, start=1):
+        if OBJECTIVE.better(float(r[OBJECTIVE.metric]), best):
+            best = float(r[OBJECTIVE.metric])
         out.append((i, best))
     return out
 

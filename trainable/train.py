@@ -22,7 +22,7 @@ from typing import Any
 
 from trainable.adapter import METRICS, RESUME, load_adapter_weights, write_json
 from trainable.checkpoint import EpochCheckpoint, Report
-from trainable.cli import ArgumentParser
+from trainable.cli import ArgumentParser, configure_logging
 from trainable.config import DEMO_DATA, HUB_DATA, OBJECTIVE, TrialConfig
 from trainable.errors import TrialOutOfMemoryError, UserError
 
@@ -298,28 +298,6 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrialConfig, Path | N
     args = vars(p.parse_args(argv))
     resume_from = args.pop("resume_from")
     return TrialConfig().replace(**trial_changes(args)), resume_from
-
-
-def configure_logging(verbose: bool = True) -> None:
-    """Our INFO lines on stderr; the libraries' start-up chatter off."""
-    import warnings
-
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-                  "lightning.pytorch.accelerators.cuda"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # bitsandbytes warns on every import that the optional `kernels` package is missing.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

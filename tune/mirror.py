@@ -17,18 +17,24 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainable.adapter import METRICS, RESUME
+from trainable.adapter import RESUME
 from trainable.config import OBJECTIVE, TrialConfig
 from trainable.errors import UserError
-from tune.states import COMPLETED, FAILED, LOST, RUNNING, STOPPED
+from tune.records import (
+    COMPLETED,
+    FAILED,
+    LOST,
+    RUNNING,
+    STOPPED,
+    TrialRecord,
+    best_checkpoint,
+    fetch_folder,
+)
 from tune.study import StudyConfig
 
 log = logging.getLogger("tune.mirror")
@@ -44,69 +50,11 @@ _RAY_KEYS = {"epoch", "training_iteration", "time_this_iter_s", "time_total_s", 
              "experiment_tag", "config"}
 
 
-@dataclass
-class TrialRecord:
-    """What the mirror needs to know about a trial; built live or from Ray's results."""
-
-    trial_id: str
-    sampled: dict[str, Any]
-    results: list[dict[str, Any]] = field(default_factory=list)
-    state: str = RUNNING
-    error: str | None = None
-    checkpoints: list[str] = field(default_factory=list)
-    """Checkpoint folders of the trial (local paths or URIs), any order."""
-
-    @property
-    def epochs(self) -> int:
-        """Epochs reported so far."""
-        return max((int(r.get("epoch", r.get("training_iteration", 0))) for r in self.results),
-                   default=0)
-
-    @property
-    def node(self) -> str | None:
-        """The node that ran the trial's latest epoch."""
-        return self.results[-1].get("node_ip") if self.results else None
-
-
-def trial_state(ray_status: str, epochs_done: int, max_epochs: int) -> str:
-    """Map a Ray trial status to completed / stopped_early / failed / running.
-
-    A trial that failed and then succeeded on retry is completed (or stopped), not failed.
-    """
-    if ray_status == "ERROR":
-        return FAILED
-    if ray_status == "TERMINATED":
-        return COMPLETED if epochs_done >= max_epochs else STOPPED
-    return RUNNING
-
-
 def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The trial's own metrics in a Ray result (drops Ray's bookkeeping)."""
     return {k: float(v) for k, v in result.items()
             if k not in _RAY_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
             and math.isfinite(float(v))}
-
-
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (one line) when the tracking server cannot be reached or the store not written."""
-    if uri.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-                if r.status != 200:
-                    raise UserError(f"MLflow tracking server {uri} answered {r.status} on /health")
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
-            raise UserError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
-    elif uri.startswith("sqlite:///"):
-        parent = Path(uri[len("sqlite:///"):]).parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise UserError(f"MLflow store {uri}: folder {parent} is missing or not writable")
-    elif uri.startswith("file:") or "://" not in uri:
-        raise UserError(f"MLflow tracking URI {uri}: use http(s)://host:port or sqlite:///path "
-                        f"(MLflow 3 no longer writes file stores)")
 
 
 class Mirror:
@@ -159,7 +107,7 @@ class Mirror:
         assert self.parent_id is not None
         tags = {f"trials_{k}": str(v) for k, v in (counts or {}).items()}
         if best is not None:
-            best_result = best_epoch_result(best.results)
+            best_result = best.best_result
             # Tags, not params: a resumed study may find a better trial, and MLflow params
             # cannot change once logged.
             tags |= {"best_trial_id": best.trial_id,
@@ -200,12 +148,12 @@ class Mirror:
         for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per batch
             self.client.log_batch(run_id, metrics=metrics[i:i + 900])
         tags = {"state": record.state, "epochs": str(record.epochs)}
-        if record.node:
-            tags["node"] = record.node
-            tags["hostname"] = str(record.results[-1].get("hostname", ""))
-        if record.results and record.results[-1].get("node_id"):
+        if record.last.get("node_ip"):  # the node that ran its latest epoch
+            tags["node"] = str(record.last["node_ip"])
+            tags["hostname"] = str(record.last.get("hostname", ""))
+        if record.last.get("node_id"):
             # Ray's node id (tune.trial reports it): raylets sharing one machine share its IP.
-            tags["node_id"] = str(record.results[-1]["node_id"])
+            tags["node_id"] = str(record.last["node_id"])
         if record.error:
             tags["error"] = record.error[:4000]
         self.client.log_batch(run_id, tags=_tags(tags))
@@ -276,56 +224,6 @@ class Mirror:
         items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), 90):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run_id, params=items[i:i + 90])
-
-
-def best_epoch_result(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The result with the best objective over all epochs (not only the last)."""
-    best: dict[str, Any] = {}
-    for r in results:
-        score = r.get(OBJECTIVE.metric)
-        if score is not None and OBJECTIVE.better(float(score), best.get(OBJECTIVE.metric)):
-            best = r
-    return best
-
-
-def best_checkpoint(folders: list[str]) -> tuple[str, dict[str, Any]] | None:
-    """The checkpoint folder whose metrics.json has the best objective."""
-    best: tuple[str, dict[str, Any]] | None = None
-    for folder in folders:
-        metrics = read_json(f"{folder.rstrip('/')}/{METRICS}")
-        if metrics is None or OBJECTIVE.metric not in metrics:
-            continue
-        if best is None or OBJECTIVE.better(metrics[OBJECTIVE.metric], best[1][OBJECTIVE.metric]):
-            best = (folder, metrics)
-    return best
-
-
-def read_json(location: str) -> Any | None:
-    """Read a JSON file from a local path or a storage URI (None when absent or unreadable)."""
-    import pyarrow.fs as pafs
-
-    try:
-        fs, path = pafs.FileSystem.from_uri(location) if "://" in location else (
-            pafs.LocalFileSystem(), location)
-        with fs.open_input_stream(path) as f:
-            return json.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def fetch_folder(location: str, dest: Path, skip: tuple[str, ...] = ()) -> Path:
-    """Copy a folder from a local path or storage URI to `dest`, leaving out `skip` names."""
-    import pyarrow.fs as pafs
-
-    if "://" not in location:
-        shutil.copytree(location, dest, ignore=shutil.ignore_patterns(*skip))
-        return dest
-    fs, path = pafs.FileSystem.from_uri(location)
-    dest.mkdir(parents=True, exist_ok=True)
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
-        if info.type == pafs.FileType.File and info.base_name not in skip:
-            pafs.copy_files(info.path, str(dest / info.base_name), source_filesystem=fs)
-    return dest
 
 
 def _param_value(value: Any) -> str:

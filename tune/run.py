@@ -18,12 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainable.cli import ArgumentParser
+from trainable.cli import ArgumentParser, configure_logging
 from trainable.config import DEMO_DATA, OBJECTIVE, TrialConfig
 from trainable.errors import UserError
-from trainable.train import add_trial_arguments, configure_logging, trial_changes
+from trainable.train import add_trial_arguments, trial_changes
 from tune.auth import use_token_auth
-from tune.study import SEARCHED, StudyConfig
+from tune.space import CHOICE, DIMENSIONS, space_section
+from tune.study import StudyConfig
 
 # --smoke: a tiny study for the quickstart and CI (about two minutes on two cores).
 SMOKE_STUDY = {"name": "smoke", "num_trials": 3, "max_concurrent": 2, "lora_ranks": (4, 8),
@@ -45,11 +46,6 @@ _STUDY_FLAGS = {
     "trial_resource": dict(metavar="NAME",
                            help="custom Ray resource each trial takes one unit of; advertised "
                                 "by worker nodes only, it keeps trials off the head"),
-    "lr_min": dict(type=float),
-    "lr_max": dict(type=float),
-    "lora_ranks": dict(type=int, nargs="+", metavar="R"),
-    "max_lengths": dict(type=int, nargs="+", metavar="L"),
-    "batch_sizes": dict(type=int, nargs="+", metavar="B"),
     "search": dict(choices=["optuna", "random"]),
     "startup_trials": dict(type=int, metavar="N"),
     "scheduler": dict(choices=["asha", "none"]),
@@ -65,11 +61,26 @@ _STUDY_FLAGS = {
 }
 
 
+def _space_flags() -> dict[str, dict[str, Any]]:
+    """Flags of each dimension's study keys, from the search-space table."""
+    flags: dict[str, dict[str, Any]] = {}
+    for dim in DIMENSIONS:
+        if dim.kind != CHOICE:
+            for key, end in zip(dim.keys, ("lower", "upper"), strict=True):
+                flags[key] = dict(type=float, metavar="X",
+                                  help=f"{end} bound of {dim.name} ({dim.help}; default "
+                                       f"{dim.describe()})")
+        else:
+            flags[dim.keys[0]] = dict(type=dim.type, nargs="+", metavar="V",
+                                      help=f"{dim.help} (default {dim.describe()})")
+    return flags
+
+
 def build_parser() -> ArgumentParser:
     """The driver's flags: study fields, then every trial flag of trainable.train."""
     p = ArgumentParser(prog="python tune/run.py", description=__doc__.split("\n")[0])
     study = p.add_argument_group("study")
-    for name, spec in _STUDY_FLAGS.items():
+    for name, spec in (_STUDY_FLAGS | _space_flags()).items():
         spec = dict(spec)
         study.add_argument(f"--{name.replace('_', '-')}", dest=spec.pop("dest", name), **spec)
     study.add_argument("--config", type=Path, metavar="FILE",
@@ -89,11 +100,14 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise UserError(f"config file {path}: cannot read ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict) or set(data) - {"study", "trial"}:
-        raise UserError(f"config file {path}: expected only `study:` and `trial:` sections")
+    if not isinstance(data, dict) or set(data) - {"study", "trial", "space"}:
+        raise UserError(f"config file {path}: expected only `study:`, `space:` and `trial:` "
+                        f"sections")
     study, trial = data.get("study") or {}, data.get("trial") or {}
     if not isinstance(study, dict) or not isinstance(trial, dict):
         raise UserError(f"config file {path}: `study` and `trial` must be mappings")
+    if "space" in data:
+        study = study | space_section(data["space"], f"config file {path}")
     return _floats(study, StudyConfig), _floats(trial, TrialConfig)
 
 
@@ -127,21 +141,22 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StudyConfig, TrialCon
     study_values |= study_flags
     trial_values |= trial_flags
     # A searched field fixed for every trial (flag or file) is no longer searched.
-    fixed = [f for f in SEARCHED if f in trial_values]
-    if fixed and "searched" not in study_values:
-        study_values["searched"] = tuple(f for f in SEARCHED if f not in fixed)
+    searched = study_values.get("searched", StudyConfig().searched)
+    fixed = [f for f in searched if f in trial_values]
+    if fixed:
+        study_values["searched"] = tuple(f for f in searched if f not in fixed)
     trial_values.pop("output_dir", None)  # each trial writes to its own folder
     base = TrialConfig().replace(**trial_values)
     study = StudyConfig().replace(**study_values)
     if not study.searched:
         raise UserError("every searched field is fixed; nothing to tune (drop one of "
-                        f"--{' --'.join(f.replace('_', '-') for f in SEARCHED)})")
+                        f"--{' --'.join(f.replace('_', '-') for f in fixed)})")
     return study, base, False
 
 
 def _resume_configs(study_flags: dict[str, Any], trial_flags: dict[str, Any],
                     config_file: Path | None, smoke: bool) -> tuple[StudyConfig, TrialConfig, bool]:
-    from tune.results import read_study_file
+    from tune.study import read_study_file
 
     extra = sorted(set(study_flags) - RESUMABLE) + sorted(trial_flags)
     if config_file is not None or extra:
@@ -171,7 +186,7 @@ def mlflow_ui_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 
 def print_summary(summary: Any) -> None:
     """The study's outcome: counts, compute, the best trial and where to find it."""
-    from tune.mirror import COMPLETED, FAILED, STOPPED
+    from tune.records import COMPLETED, FAILED, STOPPED
 
     study, counts = summary.study, summary.counts
     epochs_run = sum(r.epochs for r in summary.records)
@@ -180,7 +195,7 @@ def print_summary(summary: Any) -> None:
           f"failed) in {summary.seconds / 60:.1f} min")
     print(f"trial-epochs run: {epochs_run}; trials' own time {summary.trial_seconds / 60:.1f} min")
     if summary.best is None:
-        print("no trial reported a result")
+        print("no trial has finished with a result")
         return
     best = summary.best_result
     params = "  ".join(f"{k}={summary.best.sampled.get(k)}" for k in study.searched)

@@ -1,29 +1,204 @@
-"""The search space: a pure function of the study config (no I/O, no Ray start-up)."""
+"""The search space, declared once: a table of dimensions, and everything derived from it.
+
+Each row of `DIMENSIONS` is one trial-config field the search can sample: how (a log-uniform
+or uniform float range, or a list of choices), its default range or choices, and the study
+keys that hold them (`lr_min`/`lr_max`, `lora_ranks`, ...). From the table come the Ray
+domains, the casts of sampled values, the study's flags and config-file keys, its MLflow
+params, and the analysis tables and plots. Adding a dimension is one row here plus the
+trial-config field it sets.
+
+No Ray import at module level: analysis reads the table without starting Ray.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
 
-from ray import tune
+from trainable.errors import UserError
 
-from trainable.config import TrialConfig
-from tune.study import SEARCHED, StudyConfig
+if TYPE_CHECKING:
+    from trainable.config import TrialConfig
+
+LOG_FLOAT, FLOAT, CHOICE = "log_float", "float", "choice"
+Kind = Literal["log_float", "float", "choice"]
 
 
-def search_space(study: StudyConfig) -> dict[str, Any]:
-    """Ray Tune domains for the searched trial-config fields, keyed by field name."""
-    domains = {
-        "lr": tune.loguniform(study.lr_min, study.lr_max),
-        "lora_rank": tune.choice(list(study.lora_ranks)),
-        "max_length": tune.choice(list(study.max_lengths)),
-        "batch_size": tune.choice(list(study.batch_sizes)),
-    }
-    return {k: v for k, v in domains.items() if k in study.searched}
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _float(value: Any) -> Any:
+    # YAML 1.1 reads `1e-3` (no dot) as a string; a float key takes it as the number meant.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value  # left as is: validation names the key
+    return value
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched trial-config field: how it is sampled, over what."""
+
+    name: str
+    """The trial-config field it sets; also its MLflow param and column name."""
+    kind: Kind
+    """log_float (log-uniform), float (uniform), or choice (one of `choices`)."""
+    low: float | None = None
+    """Lower bound of a float range."""
+    high: float | None = None
+    """Upper bound of a float range."""
+    choices: tuple[Any, ...] = ()
+    """The values of a choice dimension."""
+    type: type = float
+    """The Python type of a sampled value (Optuna and Ray hand back numpy scalars)."""
+    minimum: float | None = None
+    """The smallest value allowed (a choice below it, or a range starting below it, is an error)."""
+    key: str | None = None
+    """The study key holding the choices (`lora_ranks`); float ranges use `<name>_min/_max`."""
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind in (LOG_FLOAT, FLOAT):
+            lo, hi = f"{self.name}_min", f"{self.name}_max"
+            if not (_number(self.low) and _number(self.high)) or (
+                    self.kind == LOG_FLOAT and self.low <= 0):
+                need = "positive numbers" if self.kind == LOG_FLOAT else "numbers"
+                raise UserError(f"{lo} and {hi} must be {need} (got {self.low!r} to {self.high!r})")
+            if self.minimum is not None and self.low < self.minimum:
+                raise UserError(f"{lo} must be >= {self.minimum} (got {self.low!r})")
+            if self.low >= self.high:
+                raise UserError(f"{self.name} range is empty or reversed: {lo} {self.low} must "
+                                f"be below {hi} {self.high}")
+            return
+        if self.kind != CHOICE:
+            raise UserError(f"dimension {self.name}: kind must be {LOG_FLOAT}, {FLOAT} or "
+                            f"{CHOICE} (got {self.kind!r})")
+        key = self.key or self.name
+        values = self.choices
+        if isinstance(values, list):
+            object.__setattr__(self, "choices", values := tuple(values))
+        if not isinstance(values, tuple) or not values:
+            raise UserError(f"{key} must be a non-empty list (got {values!r})")
+        if self.type is int:
+            bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool)
+                   or (self.minimum is not None and v < self.minimum)]
+            if bad:
+                raise UserError(f"{key}: {bad[0]!r} is not an integer >= {self.minimum:g}")
+        elif self.type is float:
+            bad = [v for v in values if not _number(v)
+                   or (self.minimum is not None and v < self.minimum)]
+            if bad:
+                raise UserError(f"{key}: {bad[0]!r} is not a number >= {self.minimum:g}")
+        elif not all(isinstance(v, self.type) for v in values):
+            raise UserError(f"{key}: every choice must be a {self.type.__name__} (got {list(values)})")
+        if len(set(values)) != len(values):
+            raise UserError(f"{key} lists a value twice ({list(values)})")
+
+    @property
+    def log(self) -> bool:
+        """Whether plots and tables show it on a log scale."""
+        return self.kind == LOG_FLOAT
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Its study keys (flags, config-file keys, study.json and MLflow params)."""
+        if self.kind == CHOICE:
+            return (self.key or self.name,)
+        return (f"{self.name}_min", f"{self.name}_max")
+
+    def settings(self) -> dict[str, Any]:
+        """Its range or choices under its study keys."""
+        if self.kind == CHOICE:
+            return {self.keys[0]: list(self.choices)}
+        return dict(zip(self.keys, (self.low, self.high), strict=True))
+
+    def with_settings(self, values: dict[str, Any]) -> Dimension:
+        """A copy with the range or choices under its keys in `values` (validated)."""
+        if self.kind == CHOICE:
+            if self.keys[0] not in values:
+                return self
+            return replace(self, choices=_tuple(values[self.keys[0]]))
+        lo, hi = self.keys
+        return replace(self, low=_float(values.get(lo, self.low)),
+                       high=_float(values.get(hi, self.high)))
+
+    def domain(self) -> Any:
+        """The Ray Tune domain that samples it."""
+        from ray import tune
+
+        if self.kind == LOG_FLOAT:
+            return tune.loguniform(self.low, self.high)
+        if self.kind == FLOAT:
+            return tune.uniform(self.low, self.high)
+        return tune.choice(list(self.choices))
+
+    def cast(self, value: Any) -> Any:
+        """A sampled value as the trial config wants it (a plain int, float or str)."""
+        return self.type(value)
+
+    def describe(self) -> str:
+        """Its range or choices, for help texts."""
+        if self.kind == CHOICE:
+            return " ".join(map(str, self.choices))
+        return f"{self.low:g} to {self.high:g}" + (" (log)" if self.log else "")
+
+
+# The table. The first four are the default search; the others are searched when named in
+# the study's `searched` (or a config file's `space:` section).
+DIMENSIONS: tuple[Dimension, ...] = (
+    Dimension("lr", LOG_FLOAT, low=1e-4, high=3e-3, help="peak learning rate of AdamW"),
+    Dimension("lora_rank", CHOICE, choices=(4, 8, 16, 32), type=int, minimum=1, key="lora_ranks",
+              help="LoRA ranks to choose from"),
+    Dimension("max_length", CHOICE, choices=(64, 128, 256), type=int, minimum=8,
+              key="max_lengths", help="token limits (most clauses are far shorter than 128)"),
+    Dimension("batch_size", CHOICE, choices=(8, 16, 32), type=int, minimum=1, key="batch_sizes",
+              help="batch sizes to choose from"),
+)
+DEFAULT_SEARCHED: tuple[str, ...] = ("lr", "lora_rank", "max_length", "batch_size")
+BY_NAME = {d.name: d for d in DIMENSIONS}
+SETTING_KEYS = {key: d.name for d in DIMENSIONS for key in d.keys}
+"""Every study key of the table, to the dimension that owns it."""
+
+
+def space_from_settings(settings: dict[str, Any]) -> tuple[Dimension, ...]:
+    """The table with the ranges and choices that `settings` (study keys) give; others default."""
+    return tuple(d.with_settings(settings) for d in DIMENSIONS)
+
+
+def space_section(section: Any, where: str) -> dict[str, Any]:
+    """A config file's `space:` section as study keys, plus the `searched` list it implies
+    (the dimensions it names, in order). Each entry gives `low`/`high` (float dimensions) or
+    `choices` (or is a plain list of choices); an empty entry keeps the default range."""
+    if not isinstance(section, dict) or not section:
+        raise UserError(f"{where}: `space` must map dimension names to ranges or choices")
+    values: dict[str, Any] = {"searched": list(section)}
+    for name, spec in section.items():
+        dim = BY_NAME.get(name)
+        if dim is None:
+            raise UserError(f"{where}: space: unknown dimension {name!r} (known: "
+                            f"{', '.join(BY_NAME)})")
+        spec = {"choices": spec} if isinstance(spec, list) else spec or {}
+        fields = ("choices",) if dim.kind == CHOICE else ("low", "high")
+        if not isinstance(spec, dict) or set(spec) - set(fields):
+            raise UserError(f"{where}: space: {name} ({dim.kind}) takes {' and '.join(fields)}")
+        values |= {key: spec[f] for key, f in zip(dim.keys, fields, strict=True) if f in spec}
+    return values
+
+
+def search_space(study: Any) -> dict[str, Any]:
+    """Ray Tune domains for the study's searched fields, keyed by field name."""
+    return {d.name: d.domain() for d in study.space if d.name in study.searched}
 
 
 def trial_config(base: TrialConfig, sampled: dict[str, Any]) -> TrialConfig:
     """The base trial config with the sampled values in place; other fields pass through."""
-    values = {k: sampled[k] for k in SEARCHED if k in sampled}
-    # Optuna and Ray hand back numpy scalars; the frozen config wants plain numbers.
-    values = {k: (float(v) if k == "lr" else int(v)) for k, v in values.items()}
-    return base.replace(**values)
+    return base.replace(**{d.name: d.cast(sampled[d.name]) for d in DIMENSIONS
+                           if d.name in sampled})

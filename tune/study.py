@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from trainable.config import replace_checked
+from trainable.config import TrialConfig, replace_checked
 from trainable.errors import UserError
-
-# The four searched trial-config fields; also their MLflow param names.
-SEARCHED = ("lr", "lora_rank", "max_length", "batch_size")
+from tune.records import read_study_json, write_study_json
+from tune.space import DEFAULT_SEARCHED, DIMENSIONS, SETTING_KEYS, Dimension, space_from_settings
 
 
 @dataclass(frozen=True)
@@ -39,18 +38,11 @@ class StudyConfig:
     """Data-parallel workers per trial (Ray Train); 1 keeps a plain single-process trial."""
     trial_resource: str | None = None
     """A custom Ray resource each trial needs one unit of (e.g. to keep trials off the head)."""
-    searched: tuple[str, ...] = SEARCHED
+    searched: tuple[str, ...] = DEFAULT_SEARCHED
     """Trial-config fields the search samples; the others keep the trial config's value."""
-    lr_min: float = 1e-4
-    """Lower bound of the log-uniform learning-rate range."""
-    lr_max: float = 3e-3
-    """Upper bound of the log-uniform learning-rate range."""
-    lora_ranks: tuple[int, ...] = (4, 8, 16, 32)
-    """LoRA ranks to choose from."""
-    max_lengths: tuple[int, ...] = (64, 128, 256)
-    """Token limits to choose from (most clauses are far shorter than 128 tokens)."""
-    batch_sizes: tuple[int, ...] = (8, 16, 32)
-    """Batch sizes to choose from."""
+    space: tuple[Dimension, ...] = DIMENSIONS
+    """Every dimension's range or choices (`tune.space`); set through its study keys
+    (`lr_min`, `lora_ranks`, ...) or a config file's `space:` section."""
     search: Literal["optuna", "random"] = "optuna"
     """Optuna TPE, or random sampling (the baseline for benchmarks)."""
     startup_trials: int | None = None
@@ -78,10 +70,8 @@ class StudyConfig:
     """MLflow experiment holding the study's parent run and one child run per trial."""
 
     def __post_init__(self) -> None:
-        for name in ("searched", "lora_ranks", "max_lengths", "batch_sizes"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
+        if isinstance(self.searched, list):
+            object.__setattr__(self, "searched", tuple(self.searched))
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", str(self.name)):
             raise UserError(f"study name {self.name!r} must be letters, digits, '_', '.', '-' "
                             f"(a folder and run name)")
@@ -95,20 +85,11 @@ class StudyConfig:
                 or self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial)):
             raise UserError(f"gpus_per_trial must be 0, a fraction of one GPU, or a whole number "
                             f"(got {self.gpus_per_trial!r})")
-        if not (_number(self.lr_min) and _number(self.lr_max) and self.lr_min > 0
-                and math.isfinite(self.lr_max)):
-            raise UserError(f"lr_min and lr_max must be positive numbers "
-                            f"(got {self.lr_min!r} to {self.lr_max!r})")
-        if self.lr_min >= self.lr_max:
-            raise UserError(f"learning-rate range is empty or reversed: lr_min {self.lr_min} must "
-                            f"be below lr_max {self.lr_max}")
-        unknown = [f for f in self.searched if f not in SEARCHED]
+        known = [d.name for d in self.space]
+        unknown = [f for f in self.searched if f not in known]
         if unknown or len(set(self.searched)) != len(self.searched):
-            raise UserError(f"searched must name some of {', '.join(SEARCHED)} once each "
+            raise UserError(f"searched must name some of {', '.join(known)} once each "
                             f"(got {list(self.searched)})")
-        _choices("lora_ranks", self.lora_ranks, minimum=1)
-        _choices("max_lengths", self.max_lengths, minimum=8)
-        _choices("batch_sizes", self.batch_sizes, minimum=1)
         if self.search not in ("optuna", "random"):
             raise UserError(f"search must be optuna or random (got {self.search!r})")
         if self.scheduler not in ("asha", "none"):
@@ -163,14 +144,35 @@ class StudyConfig:
             return self.mlflow_uri
         return f"sqlite:///{Path('mlflow.db').resolve()}"
 
+    def dimension(self, name: str) -> Dimension:
+        """The dimension of trial-config field `name`, with this study's range or choices."""
+        return next(d for d in self.space if d.name == name)
+
+    @property
+    def searched_dimensions(self) -> tuple[Dimension, ...]:
+        """The dimensions the search samples, in `searched` order."""
+        return tuple(self.dimension(name) for name in self.searched)
+
     def replace(self, **changes: Any) -> StudyConfig:
-        """A copy with some fields changed, validated again."""
-        return replace_checked(self, "study", changes)
+        """A copy with some fields (or dimension keys such as `lr_min`) changed, validated again."""
+        return StudyConfig.from_dict(self.to_dict() | changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict."""
-        d = dataclasses.asdict(self)
+        """Plain JSON-able dict: the fields, with the space as its dimensions' study keys."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "space"}
+        for dim in self.space:
+            d |= dim.settings()
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> StudyConfig:
+        """Build from fields and dimension keys (flags, a config file, study.json)."""
+        values = dict(values)
+        settings = {k: values.pop(k) for k in list(values) if k in SETTING_KEYS}
+        if "space" in values:
+            raise UserError("space: set it through its keys (lr_min, lora_ranks, ...) or a "
+                            "config file's `space:` section")
+        return replace_checked(cls(), "study", values | {"space": space_from_settings(settings)})
 
 
 def _number(value: Any) -> bool:
@@ -182,11 +184,20 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
         raise UserError(f"{name} must be an integer >= {minimum} (got {value!r})")
 
 
-def _choices(name: str, values: Any, minimum: int) -> None:
-    if not isinstance(values, tuple) or not values:
-        raise UserError(f"{name} must be a non-empty list (got {values!r})")
-    bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool) or v < minimum]
-    if bad:
-        raise UserError(f"{name}: {bad[0]!r} is not an integer >= {minimum}")
-    if len(set(values)) != len(values):
-        raise UserError(f"{name} lists a value twice ({list(values)})")
+def write_study_file(study: StudyConfig, base: TrialConfig, parent_run_id: str) -> None:
+    """Record the study's settings beside Ray's results (read back by --resume and analysis)."""
+    write_study_json(study.experiment_path, {
+        "study": study.to_dict(), "trial": base.to_dict(), "parent_run_id": parent_run_id,
+        "tracking_uri": study.tracking_uri})
+
+
+def read_study_file(experiment_path: str) -> tuple[StudyConfig, TrialConfig, str] | None:
+    """The (study, trial base, MLflow parent run id) saved with a study; None if absent."""
+    data = read_study_json(experiment_path)
+    if data is None:
+        return None
+    try:
+        return (StudyConfig.from_dict(data["study"]), TrialConfig.from_dict(data["trial"]),
+                str(data["parent_run_id"]))
+    except (KeyError, TypeError) as e:
+        raise UserError(f"{experiment_path}/study.json: not a study file ({e})") from None

@@ -12,16 +12,17 @@ import os
 import sys
 from collections.abc import Sequence
 
-from trainable.cli import ArgumentParser
+from trainable.cli import ArgumentParser, configure_logging
 from trainable.errors import UserError
-from trainable.train import configure_logging
 from tune.study import StudyConfig
 
 
 def sync(study: StudyConfig) -> tuple[int, str]:
     """Mirror every trial of the study into MLflow; return (trials mirrored, parent run id)."""
-    from tune.mirror import Mirror, check_tracking_uri
-    from tune.results import load_records, read_study_file
+    from tune.driver import ray_records
+    from tune.mirror import Mirror
+    from tune.records import check_tracking_uri
+    from tune.study import read_study_file
 
     stored = read_study_file(study.experiment_path)
     if stored is None:
@@ -32,7 +33,7 @@ def sync(study: StudyConfig) -> tuple[int, str]:
     check_tracking_uri(target.tracking_uri)
     mirror = Mirror(target, base)
     parent = mirror.start(resume=True)
-    records = load_records(target.experiment_path, max_epochs=base.epochs)
+    records = ray_records(target.experiment_path, max_epochs=base.epochs)
     for record in records:
         mirror.apply(record)
     mirror.mark_lost({r.trial_id for r in records})

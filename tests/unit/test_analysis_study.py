@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 
 from analysis.compare import format_table, trial_table
-from analysis.study import (
+from analysis.study import Study, load_from_ray
+from trainable.errors import UserError
+from tune.records import (
     COMPLETED,
     FAILED,
     RUNNING,
     STOPPED,
-    Study,
     TrialRecord,
-    derive_state,
-    load_from_ray,
+    error_after_last_report,
+    trial_state,
 )
-from trainable.errors import UserError
 
 pytestmark = pytest.mark.unit
 
@@ -36,27 +36,28 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
     (2, 50.0, 100.0, STOPPED),  # the error came before a later report: it recovered
     (0, 10.0, None, FAILED),  # failed before its first epoch
 ])
-def test_derive_state(epochs, error_time, last_result, expected):
-    assert derive_state(epochs, 3, error_time, last_result) == expected
+def test_state_from_ray_files(epochs, error_time, last_result, expected):
+    errored = error_after_last_report(error_time, last_result)
+    assert trial_state(epochs, 3, errored) == expected
 
 
 def test_best_is_over_all_epochs_and_the_earliest_of_ties():
-    t = TrialRecord("a", {}, history={1: 0.4, 2: 0.7, 3: 0.6, 4: 0.7})
+    t = TrialRecord.from_history("a", {}, {1: 0.4, 2: 0.7, 3: 0.6, 4: 0.7})
     assert t.best == (2, 0.7)
     assert TrialRecord("b", {}).best is None
 
 
 def _study() -> Study:
     trials = [
-        TrialRecord("t-low", {"lr": 1e-3, "lora_rank": 4}, {1: 0.2, 2: 0.3}, COMPLETED, 2, 61.0),
-        TrialRecord("t-peak", {"lr": 2e-3, "lora_rank": 8}, {1: 0.5, 2: 0.9}, STOPPED, 2, 30.0),
+        TrialRecord.from_history("t-low", {"lr": 1e-3, "lora_rank": 4}, {1: 0.2, 2: 0.3}, state=COMPLETED, seconds=61.0),
+        TrialRecord.from_history("t-peak", {"lr": 2e-3, "lora_rank": 8}, {1: 0.5, 2: 0.9}, state=STOPPED, seconds=30.0),
         # The best value of all, but the trial failed: not a candidate for `best`.
-        TrialRecord("t-failed", {"lr": 3e-3, "lora_rank": 8}, {1: 0.95}, FAILED, 1, 12.0,
-                    error="RuntimeError: boom"),
-        TrialRecord("t-nothing", {"lr": 5e-3, "lora_rank": 4}, {}, FAILED, 0, None),
-        TrialRecord("t-running", {"lr": 4e-3, "lora_rank": 4}, {1: 0.99}, RUNNING, 1, None),
-        TrialRecord("t-last", {"lr": 1e-4, "lora_rank": 8}, {1: 0.1, 2: 0.8, 3: 0.85}, COMPLETED,
-                    3, 90.0),
+        TrialRecord.from_history("t-failed", {"lr": 3e-3, "lora_rank": 8}, {1: 0.95}, state=FAILED,
+                                 seconds=12.0, error="RuntimeError: boom"),
+        TrialRecord.from_history("t-nothing", {"lr": 5e-3, "lora_rank": 4}, {}, state=FAILED, seconds=None),
+        TrialRecord.from_history("t-running", {"lr": 4e-3, "lora_rank": 4}, {1: 0.99}, state=RUNNING, seconds=None),
+        TrialRecord.from_history("t-last", {"lr": 1e-4, "lora_rank": 8}, {1: 0.1, 2: 0.8, 3: 0.85},
+                                 state=COMPLETED, seconds=90.0),
     ]
     return Study(name="synthetic", trials=trials, searched=("lr", "lora_rank"),
                  settings={"lr_min": 1e-4, "lr_max": 1e-2, "lora_ranks": [4, 8, 16]},
@@ -179,7 +180,7 @@ def test_load_from_ray_reads_trials_and_derives_states(tmp_path):
     by_id = {t.trial_id: t for t in study.trials}
     assert set(by_id) == {"aaaa0001", "aaaa0002", "aaaa0003", "aaaa0004"}
     assert by_id["aaaa0001"].state == COMPLETED and by_id["aaaa0001"].history == {1: 0.2, 2: 0.6, 3: 0.5}
-    assert by_id["aaaa0001"].params == {"lr": 1e-3, "batch_size": 16}  # only searched fields
+    assert by_id["aaaa0001"].sampled == {"lr": 1e-3, "batch_size": 16}  # only searched fields
     assert by_id["aaaa0001"].seconds == 30.0
     assert by_id["aaaa0002"].state == STOPPED
     assert by_id["aaaa0003"].state == FAILED and by_id["aaaa0003"].error == "RuntimeError: out of memory"

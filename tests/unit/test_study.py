@@ -7,8 +7,9 @@ import pytest
 from trainable.config import DEMO_DATA, TrialConfig
 from trainable.errors import UserError
 from tune.run import SMOKE_STUDY, parse_args
-from tune.space import search_space, trial_config
-from tune.study import SEARCHED, StudyConfig
+from tune.space import DEFAULT_SEARCHED as SEARCHED
+from tune.space import search_space, space_section, trial_config
+from tune.study import StudyConfig
 
 pytestmark = pytest.mark.unit
 
@@ -77,8 +78,8 @@ def test_fractional_and_whole_gpus_are_accepted():
 
 
 def test_search_space_is_a_pure_function_of_the_study():
-    study = StudyConfig(lr_min=2e-4, lr_max=2e-3, lora_ranks=(4, 16), max_lengths=(64,),
-                        batch_sizes=(8, 32))
+    study = StudyConfig.from_dict(dict(lr_min=2e-4, lr_max=2e-3, lora_ranks=(4, 16),
+                                       max_lengths=(64,), batch_sizes=(8, 32)))
     space = search_space(study)
     assert set(space) == set(SEARCHED)
     assert (space["lr"].lower, space["lr"].upper) == (2e-4, 2e-3)
@@ -89,16 +90,16 @@ def test_search_space_is_a_pure_function_of_the_study():
     # Same input, same output; the study is not modified.
     again = search_space(study)
     assert (again["lr"].lower, again["lr"].upper) == (space["lr"].lower, space["lr"].upper)
-    assert study == StudyConfig(lr_min=2e-4, lr_max=2e-3, lora_ranks=(4, 16),
-                                max_lengths=(64,), batch_sizes=(8, 32))
+    assert study == StudyConfig.from_dict(dict(lr_min=2e-4, lr_max=2e-3, lora_ranks=(4, 16),
+                                               max_lengths=(64,), batch_sizes=(8, 32)))
 
 
 def test_samples_stay_inside_the_ranges():
-    space = search_space(StudyConfig(lr_min=1e-4, lr_max=1e-3))
+    space = search_space(StudyConfig().replace(lr_min=1e-4, lr_max=1e-3))
     for _ in range(200):
         lr = space["lr"].sample()
         assert 1e-4 <= lr <= 1e-3
-        assert space["lora_rank"].sample() in StudyConfig().lora_ranks
+        assert space["lora_rank"].sample() in StudyConfig().dimension("lora_rank").choices
 
 
 def test_only_searched_fields_get_a_domain():
@@ -125,9 +126,10 @@ def test_cli_flags_map_to_study_and_trial_fields():
         "--storage-path", "s3://bucket/runs", "--address", "auto",
         "--mlflow-uri", "http://127.0.0.1:5000", "--experiment", "exp", "--name", "s1"])
     assert not resume
-    assert (study.num_trials, study.max_concurrent, study.lr_min, study.lr_max) == (
-        12, 3, 1e-5, 1e-3)
-    assert study.lora_ranks == (8, 16) and study.gpus_per_trial == 0.5 and study.search_seed == 3
+    lr = study.dimension("lr")
+    assert (study.num_trials, study.max_concurrent, lr.low, lr.high) == (12, 3, 1e-5, 1e-3)
+    assert study.dimension("lora_rank").choices == (8, 16)
+    assert study.gpus_per_trial == 0.5 and study.search_seed == 3
     assert study.storage_path == "s3://bucket/runs" and study.is_remote_storage
     assert study.experiment_path == "s3://bucket/runs/s1"
     assert (base.epochs, base.data, base.quantization) == (4, "/data", "8bit")
@@ -160,7 +162,8 @@ def test_config_file_sets_both_sections_and_flags_win(tmp_path):
     path.write_text("study:\n  num_trials: 20\n  lora_ranks: [8, 32]\n  lr_min: 1e-5\n"
                     "trial:\n  epochs: 6\n  class_weighting: none\n", encoding="utf-8")
     study, base, _ = parse_args(["--config", str(path), "--num-trials", "5"])
-    assert study.num_trials == 5 and study.lora_ranks == (8, 32) and study.lr_min == 1e-5
+    assert study.num_trials == 5 and study.dimension("lora_rank").choices == (8, 32)
+    assert study.dimension("lr").low == 1e-5
     assert base.epochs == 6 and base.class_weighting == "none"
 
 
@@ -219,3 +222,32 @@ def test_local_data_and_model_folders_become_absolute_for_trials(tmp_path, monke
     assert base.data == str(tmp_path / "data") and base.model == str(tmp_path / "model")
     hub = _absolute_paths(TrialConfig(data="hub", model="roberta-base"))
     assert (hub.data, hub.model) == ("hub", "roberta-base")
+
+
+def test_config_file_space_section_sets_ranges_and_what_is_searched(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("space:\n  lr: {low: 1e-4, high: 1e-3}\n  lora_rank: [8, 16]\n"
+                    "  batch_size: {}\n", encoding="utf-8")
+    study, _, _ = parse_args(["--config", str(path)])
+    assert study.searched == ("lr", "lora_rank", "batch_size")
+    assert (study.dimension("lr").low, study.dimension("lr").high) == (1e-4, 1e-3)
+    assert study.dimension("lora_rank").choices == (8, 16)
+    assert study.dimension("batch_size").choices == StudyConfig().dimension("batch_size").choices
+    assert set(search_space(study)) == {"lr", "lora_rank", "batch_size"}
+
+
+@pytest.mark.parametrize("section, culprit", [
+    ({"dropout": [0.1]}, "unknown dimension 'dropout'"),
+    ({"lr": {"choices": [1e-3]}}, "lr \\(log_float\\) takes low and high"),
+    ({"lora_rank": {"low": 1, "high": 8}}, "lora_rank \\(choice\\) takes choices"),
+    ([], "must map dimension names"),
+])
+def test_bad_space_sections_name_the_culprit(section, culprit):
+    with pytest.raises(UserError, match=culprit):
+        space_section(section, "config file x.yaml")
+
+
+def test_the_space_round_trips_through_the_study_dict():
+    study = StudyConfig().replace(lr_min=2e-4, lora_ranks=[4, 8], searched=["lr", "lora_rank"])
+    assert StudyConfig.from_dict(study.to_dict()) == study
+    assert study.to_dict()["lora_ranks"] == [4, 8] and study.to_dict()["lr_min"] == 2e-4
