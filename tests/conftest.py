@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny real BERT classifier, the shipped data, and a CLI runner.
+"""Shared fixtures and helpers: a tiny real BERT classifier, the shipped data, CLI runners,
+an MLflow server, a study driver in the background, and look-ups of a study's MLflow runs.
 
 The tiny model is a real (randomly initialised) BERT built from a `BertConfig`, saved the
 way a hub model is, so tests exercise the real loading, quantization and LoRA paths in
@@ -7,10 +8,15 @@ seconds instead of fine-tuning MiniLM.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,50 +43,53 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random BERT sequence classifier plus the packaged MiniLM tokenizer, on disk."""
+def tiny_bert_config(tokenizer: Any | None = None) -> Any:
+    """The tiny BERT of every test: 2 layers, 2 heads, hidden 64, 128 positions, 2 labels.
+
+    Hidden size 64: bitsandbytes quantizes in blocks of 64 values. With `tokenizer`, its
+    vocabulary and padding id; without, BERT's defaults (tests that need no tokenizer).
+    """
+    from transformers import BertConfig
+
+    vocab = {} if tokenizer is None else {"vocab_size": tokenizer.vocab_size,
+                                          "pad_token_id": tokenizer.pad_token_id}
+    return BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=128, max_position_embeddings=128, num_labels=2, **vocab)
+
+
+def save_tiny_model(folder: Path, warm: bool = False) -> Path:
+    """Save the tiny random BERT classifier and the packaged MiniLM tokenizer in `folder`.
+
+    warm: the encoder briefly trained on the demo set, under a fresh head. A random encoder
+    gives every trial the same (zero) F1, so ASHA and the best-trial logic would only ever
+    see ties; these features make the learning rate matter within seconds.
+    """
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import AutoTokenizer, BertForSequenceClassification
 
     from trainable.config import PACKAGED_MODEL
     from trainable.model import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(PACKAGED_MODEL))
-    # Hidden size 64: bitsandbytes quantizes in blocks of 64 values.
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=128,
-                        max_position_embeddings=128, num_labels=2,
-                        pad_token_id=tokenizer.pad_token_id)
+    config = tiny_bert_config(tokenizer)
     torch.manual_seed(0)  # the same tiny model in every session
     model = BertForSequenceClassification(config)
-    folder = tmp_path_factory.mktemp("tiny-bert")
+    if warm:
+        _train_briefly(model, tokenizer)
+        fresh = BertForSequenceClassification(config)  # new random head, trained encoder
+        fresh.bert.load_state_dict(model.bert.state_dict())
+        model = fresh
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
 
 
-@pytest.fixture(scope="session")
-def warm_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny BERT with its encoder briefly trained on the demo set and a fresh head.
-
-    A random encoder gives every trial the same (zero) F1, so ASHA and the best-trial logic
-    would only ever see ties; these features make the learning rate matter within seconds.
-    """
+def _train_briefly(model: Any, tokenizer: Any) -> None:
+    """Four epochs of the demo train split, batches of 16, AdamW at 3e-3."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from trainable.config import PACKAGED_MODEL
     from trainable.data import demo_dir, read_split_file
-    from trainable.model import resolve_model
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(PACKAGED_MODEL))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=128,
-                        max_position_embeddings=128, num_labels=2,
-                        pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(config)
     train = read_split_file(demo_dir() / "train.tsv")
     enc = tokenizer(train["text"].tolist(), truncation=True, max_length=64, padding=True,
                     return_tensors="pt")
@@ -96,12 +105,18 @@ def warm_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-    fresh = BertForSequenceClassification(config)  # new random head, trained encoder
-    fresh.bert.load_state_dict(model.bert.state_dict())
-    folder = tmp_path_factory.mktemp("warm-tiny-bert")
-    fresh.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT sequence classifier plus the packaged MiniLM tokenizer, on disk."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def warm_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT with its encoder briefly trained on the demo set and a fresh head."""
+    return save_tiny_model(tmp_path_factory.mktemp("warm-tiny-bert"), warm=True)
 
 
 @pytest.fixture(scope="session")
@@ -238,6 +253,82 @@ def tiny_study_args(model_dir: Path, storage: Path, mlflow_uri: str, name: str,
         else:
             out += [flag, *str(value).split(" ")]
     return out
+
+
+class Study:
+    """A study driver running in the background, its stdout read line by line."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None):
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "tune" / "run.py"), *map(str, args)], cwd=cwd,
+            env=cli_env({"RAY_DEDUP_LOGS": "0", **(env or {})}), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.lines: list[str] = []
+
+    def wait_for(self, pattern: str, timeout: float = 600) -> re.Match:
+        """Read output until a line matches `pattern`."""
+        deadline = time.time() + timeout
+        assert self.proc.stdout is not None
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"study exited ({self.proc.returncode}) before {pattern!r}:\n"
+                                + "".join(self.lines[-60:]))
+                continue
+            self.lines.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+        pytest.fail(f"{pattern!r} not seen in {timeout} s:\n" + "".join(self.lines[-60:]))
+
+    def finish(self, timeout: float = 900) -> str:
+        """Wait for the driver to exit; return all its output."""
+        rest, _ = self.proc.communicate(timeout=timeout)
+        self.lines.append(rest)
+        return "".join(self.lines)
+
+    def __enter__(self) -> Study:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Never leave a driver running: a failed test ends its whole session."""
+        if self.proc.poll() is None:
+            self.kill_everything()
+
+    def kill_everything(self) -> None:
+        """End the driver's whole session (its in-process Ray included)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def study_runs(uri: str, experiment: str, study: str) -> tuple[Any, list, list]:
+    """(client, parent runs, trial runs) of `study` in MLflow; a study has one parent run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment}"
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.study = '{study}'",
+                              max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("run_type") == "study"]
+    assert len(parents) == 1, f"{len(parents)} parent runs"
+    return client, parents, [r for r in runs if r.data.tags.get("run_type") == "trial"]
+
+
+def trial_dirs(storage: Path, name: str) -> dict[str, Path]:
+    """Trial id -> trial folder of study `name`, for trials that reported a result."""
+    found = {}
+    for folder in (storage / name).iterdir():
+        result = folder / "result.json"
+        if folder.is_dir() and result.is_file():
+            lines = result.read_text().splitlines()
+            if lines and lines[0].strip():
+                found[json.loads(lines[0])["trial_id"]] = folder
+    return found
 
 
 FAKE_SECRETS = {

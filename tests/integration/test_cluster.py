@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_study_cli, tiny_study_args
+from tests.conftest import run_study_cli, study_runs, tiny_study_args, trial_dirs
 from tests.localcluster import TRIAL_RESOURCE, LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -32,21 +32,6 @@ def cluster():
         yield local.start()
     finally:
         local.stop()
-
-
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def _children(uri: str, experiment: str, study: str) -> list:
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, f"no MLflow experiment {experiment}"
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.study = '{study}'",
-                              max_results=1000)
-    return [r for r in runs if r.data.tags.get("run_type") == "trial"]
 
 
 def _run(name: str, model_dir: Path, work: Path, uri: str, env: dict[str, str] | None = None,
@@ -92,18 +77,9 @@ def data_parallel_study(cluster, multinode_study, warm_tiny_model_dir, mlflow_se
                 gpus_per_trial=0, workers_per_trial=2, num_trials=1, max_concurrent=1)
 
 
-def _trial_dirs(storage: Path, name: str) -> dict[str, Path]:
-    found = {}
-    for folder in (storage / name).iterdir():
-        result = folder / "result.json"
-        if folder.is_dir() and result.is_file() and result.read_text().strip():
-            found[json.loads(result.read_text().splitlines()[0])["trial_id"]] = folder
-    return found
-
-
 def test_trials_land_on_both_workers_and_never_on_the_head(cluster, multinode_study):
-    runs = _children(multinode_study["uri"], multinode_study["experiment"],
-                     multinode_study["name"])
+    _, _, runs = study_runs(multinode_study["uri"], multinode_study["experiment"],
+                            multinode_study["name"])
     assert len(runs) == STUDY["num_trials"]
     placement = {r.data.tags["trial_id"]: r.data.tags.get("node_id") for r in runs}
     print(f"\nhead node  {cluster.head_id}")
@@ -122,7 +98,7 @@ def test_trials_land_on_both_workers_and_never_on_the_head(cluster, multinode_st
 
 
 def test_every_trial_checkpoints_to_the_shared_storage(multinode_study):
-    dirs = _trial_dirs(multinode_study["storage"], multinode_study["name"])
+    dirs = trial_dirs(multinode_study["storage"], multinode_study["name"])
     assert len(dirs) == STUDY["num_trials"]
     for trial_id, folder in dirs.items():
         checkpoints = sorted(folder.glob("checkpoint_*"))
@@ -133,9 +109,8 @@ def test_every_trial_checkpoints_to_the_shared_storage(multinode_study):
 
 
 def test_driver_best_result_equals_mlflow(multinode_study):
-    client = _client(multinode_study["uri"])
-    runs = _children(multinode_study["uri"], multinode_study["experiment"],
-                     multinode_study["name"])
+    client, _, runs = study_runs(multinode_study["uri"], multinode_study["experiment"],
+                                 multinode_study["name"])
     scores = {r.data.tags["trial_id"]: max(m.value for m in client.get_metric_history(
         r.info.run_id, "val/f1")) for r in runs}
     out = multinode_study["proc"].stdout
@@ -153,8 +128,8 @@ def test_wall_time_single_node_vs_multi_node(cluster, multinode_study, single_no
         minutes = re.search(r"in ([0-9.]+) min", study["proc"].stdout)
         timings[study["name"]] = {"wall_s": study["wall_s"],
                                   "driver_study_min": float(minutes.group(1)) if minutes else None}
-    runs = _children(single_node_study["uri"], single_node_study["experiment"],
-                     single_node_study["name"])
+    _, _, runs = study_runs(single_node_study["uri"], single_node_study["experiment"],
+                            single_node_study["name"])
     assert len(runs) == STUDY["num_trials"]
     out = tmp_path_factory.getbasetemp() / "cluster-timings.json"
     # The multi-node study joins a running cluster; starting it took cluster_start_s, once.
@@ -166,11 +141,11 @@ def test_wall_time_single_node_vs_multi_node(cluster, multinode_study, single_no
 
 def test_two_worker_data_parallel_trial_reports_the_same_metric_keys(
         cluster, multinode_study, data_parallel_study):
-    client = _client(data_parallel_study["uri"])
-    [parallel] = _children(data_parallel_study["uri"], data_parallel_study["experiment"],
-                           data_parallel_study["name"])
-    single = _children(multinode_study["uri"], multinode_study["experiment"],
-                       multinode_study["name"])
+    client, _, [parallel] = study_runs(data_parallel_study["uri"],
+                                       data_parallel_study["experiment"],
+                                       data_parallel_study["name"])
+    _, _, single = study_runs(multinode_study["uri"], multinode_study["experiment"],
+                              multinode_study["name"])
     assert parallel.data.tags["state"] == "completed"
     assert parallel.data.tags["epochs"] == str(STUDY["epochs"])
     assert set(parallel.data.metrics) == set(single[0].data.metrics)
@@ -179,7 +154,7 @@ def test_two_worker_data_parallel_trial_reports_the_same_metric_keys(
     assert parallel.data.tags["node_id"] in cluster.worker_ids
     names = {Path(a.path).name for a in client.list_artifacts(parallel.info.run_id, "adapter")}
     assert "adapter_model.safetensors" in names
-    [folder] = _trial_dirs(data_parallel_study["storage"], data_parallel_study["name"]).values()
+    [folder] = trial_dirs(data_parallel_study["storage"], data_parallel_study["name"]).values()
     assert all((c / "adapter_model.safetensors").is_file() for c in folder.glob("checkpoint_*"))
     assert list(folder.glob("checkpoint_*"))
     # Ray Train's own run folder is gone once its checkpoints are in Tune's trial folder.

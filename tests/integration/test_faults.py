@@ -10,92 +10,20 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    REPO_ROOT,
-    MlflowServer,
-    cli_env,
-    run_cli,
-    run_study_cli,
-    tiny_study_args,
-)
+from tests.conftest import MlflowServer, Study, run_cli, run_study_cli, study_runs, tiny_study_args
 from tests.localcluster import TRIAL_RESOURCE, LocalCluster
-from tune.mirror import COMPLETED, FAILED, LOST
+from tune.records import COMPLETED, FAILED, LOST
 
 pytestmark = pytest.mark.integration
 
 
-def _children(uri: str, experiment: str, study: str):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, f"no MLflow experiment {experiment}"
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.study = '{study}'",
-                              max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("run_type") == "study"]
-    assert len(parents) == 1, f"{len(parents)} parent runs"
-    return client, [r for r in runs if r.data.tags.get("run_type") == "trial"]
-
-
 def _steps(client, run, key="val/f1") -> list[int]:
     return [m.step for m in client.get_metric_history(run.info.run_id, key)]
-
-
-class Study:
-    """A study driver running in the background, its stdout read line by line."""
-
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None):
-        self.proc = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "tune" / "run.py"), *args], cwd=cwd,
-            env=cli_env({"RAY_DEDUP_LOGS": "0", **(env or {})}), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        self.lines: list[str] = []
-
-    def wait_for(self, pattern: str, timeout: float = 600) -> re.Match:
-        """Read output until a line matches `pattern`."""
-        deadline = time.time() + timeout
-        assert self.proc.stdout is not None
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                if self.proc.poll() is not None:
-                    pytest.fail(f"study exited ({self.proc.returncode}) before {pattern!r}:\n"
-                                + "".join(self.lines[-60:]))
-                continue
-            self.lines.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
-        pytest.fail(f"{pattern!r} not seen in {timeout} s:\n" + "".join(self.lines[-60:]))
-
-    def finish(self, timeout: float = 900) -> str:
-        """Wait for the driver to exit; return all its output."""
-        rest, _ = self.proc.communicate(timeout=timeout)
-        self.lines.append(rest)
-        return "".join(self.lines)
-
-    def __enter__(self) -> Study:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Never leave a driver running: a failed test ends its whole session."""
-        if self.proc.poll() is None:
-            self.kill_everything()
-
-    def kill_everything(self) -> None:
-        """End the driver's whole session (its in-process Ray included)."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
 
 
 def _trial_result(storage: Path, name: str, trial_id: str, timeout: float = 60) -> dict:
@@ -137,7 +65,7 @@ def test_trial_killed_mid_epoch_restarts_from_its_checkpoint(warm_tiny_model_dir
         os.kill(pid, signal.SIGKILL)
         out = study.finish()
     assert study.proc.returncode == 0, out[-4000:]
-    client, runs = _children(mlflow_server.uri, experiment, name)
+    client, _, runs = study_runs(mlflow_server.uri, experiment, name)
     assert len(runs) == 2
     killed = next(r for r in runs if r.data.tags["trial_id"] == trial_id)
     for run in runs:
@@ -177,7 +105,7 @@ def test_driver_killed_then_resumed_reruns_nothing_and_duplicates_nothing(
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     retrained = set(re.findall(r"trial (\S+) epoch \d+/2", resumed.stdout))
     assert not finished & retrained, f"finished trials trained again:\n{resumed.stdout}"
-    client, runs = _children(mlflow_server.uri, experiment, name)
+    client, _, runs = study_runs(mlflow_server.uri, experiment, name)
     lost = [r for r in runs if r.data.tags["state"] == LOST]
     kept = [r for r in runs if r.data.tags["state"] != LOST]
     ids = [r.data.tags["trial_id"] for r in kept]
@@ -210,7 +138,7 @@ def test_a_worker_node_removed_mid_study_its_trials_finish_elsewhere(
             cluster.kill_worker(1)
             out = study.finish()
         assert study.proc.returncode == 0, out[-4000:]
-        client, runs = _children(mlflow_server.uri, experiment, name)
+        client, _, runs = study_runs(mlflow_server.uri, experiment, name)
         assert len(runs) == 4
         for run in runs:
             assert run.data.tags["state"] == COMPLETED, run.data.tags
@@ -249,7 +177,7 @@ def test_mlflow_down_mid_study_the_mirror_catches_up(warm_tiny_model_dir, tmp_pa
             assert sync.returncode == 0, sync.stderr[-3000:]
         else:
             print("outage: the mirror caught up by itself")
-        client, runs = _children(server.uri, experiment, name)
+        client, _, runs = study_runs(server.uri, experiment, name)
         ids = [r.data.tags["trial_id"] for r in runs]
         assert len(ids) == len(set(ids)) == 3, out[-5000:]
         for run in runs:
@@ -270,8 +198,9 @@ def test_sync_rebuilds_a_study_in_an_empty_tracking_server_without_duplicates(ti
             proc = run_cli("--name", tiny_study["name"], "--storage-path", tiny_study["storage"],
                            "--mlflow-uri", server.uri, module="tune.sync")
             assert proc.returncode == 0, proc.stderr[-3000:]
-        fresh_client, fresh = _children(server.uri, "tests-tiny", tiny_study["name"])
-        old_client, old = _children(tiny_study["tracking_uri"], "tests-tiny", tiny_study["name"])
+        fresh_client, _, fresh = study_runs(server.uri, "tests-tiny", tiny_study["name"])
+        old_client, _, old = study_runs(tiny_study["tracking_uri"], "tests-tiny",
+                                        tiny_study["name"])
         assert len(fresh) == len(old) == 6
         old_by_id = {r.data.tags["trial_id"]: r for r in old}
         for run in fresh:
@@ -300,7 +229,7 @@ def test_an_out_of_memory_trial_fails_alone_and_the_study_goes_on(mlflow_server,
                            batch_sizes="4 48", max_lengths="256", pad_to_max_length=True,
                            max_train_samples=48, max_eval_samples=16, memory_limit_gb=1.0)
     proc = run_study_cli(*args, cwd=tmp_path)
-    client, runs = _children(mlflow_server.uri, experiment, name)
+    client, _, runs = study_runs(mlflow_server.uri, experiment, name)
     states = {r.data.tags["trial_id"]: (r.data.tags["state"], r.data.params["batch_size"])
               for r in runs}
     assert len(runs) == 3, states

@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, cli_env, error_lines, run_study_cli, tiny_study_args
+from tests.conftest import (
+    Study,
+    error_lines,
+    run_study_cli,
+    study_runs,
+    tiny_study_args,
+    trial_dirs,
+)
 from tune.mirror import BEST_METRIC, COMPLETED, FAILED, STOPPED
 
 pytestmark = pytest.mark.integration
@@ -20,37 +24,9 @@ pytestmark = pytest.mark.integration
 SEARCHED = ("lr", "lora_rank", "max_length", "batch_size")
 
 
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def _runs(uri: str, experiment: str, study: str):
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, f"no MLflow experiment {experiment}"
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.study = '{study}'",
-                              max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("run_type") == "study"]
-    children = [r for r in runs if r.data.tags.get("run_type") == "trial"]
-    return client, parents, children
-
-
-def _trial_dirs(storage: Path, name: str) -> dict[str, Path]:
-    found = {}
-    for folder in (storage / name).iterdir():
-        result = folder / "result.json"
-        if folder.is_dir() and result.is_file():
-            lines = result.read_text().splitlines()
-            if lines:
-                found[json.loads(lines[0])["trial_id"]] = folder
-    return found
-
-
 def test_every_trial_is_one_child_run_of_one_parent(tiny_study):
-    client, parents, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
-                                      tiny_study["name"])
+    client, parents, children = study_runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                           tiny_study["name"])
     assert len(parents) == 1
     parent = parents[0]
     assert len(children) == 6
@@ -61,9 +37,9 @@ def test_every_trial_is_one_child_run_of_one_parent(tiny_study):
 
 
 def test_child_runs_hold_sampled_and_fixed_params_and_per_epoch_history(tiny_study):
-    client, _, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
-                                tiny_study["name"])
-    dirs = _trial_dirs(tiny_study["storage"], tiny_study["name"])
+    client, _, children = study_runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                     tiny_study["name"])
+    dirs = trial_dirs(tiny_study["storage"], tiny_study["name"])
     assert set(dirs) == {r.data.tags["trial_id"] for r in children}
     for run in children:
         sampled = json.loads((dirs[run.data.tags["trial_id"]] / "params.json").read_text())
@@ -84,8 +60,8 @@ def test_child_runs_hold_sampled_and_fixed_params_and_per_epoch_history(tiny_stu
 
 
 def test_asha_stopped_at_least_one_trial_and_mlflow_says_so(tiny_study):
-    client, _, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
-                                tiny_study["name"])
+    client, _, children = study_runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                     tiny_study["name"])
     states = {r.data.tags["trial_id"]: (r.data.tags["state"], int(r.data.tags["epochs"]))
               for r in children}
     stopped = [t for t, (state, _) in states.items() if state == STOPPED]
@@ -96,8 +72,8 @@ def test_asha_stopped_at_least_one_trial_and_mlflow_says_so(tiny_study):
 
 
 def test_reported_best_trial_is_the_highest_val_f1_in_mlflow(tiny_study):
-    client, parents, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
-                                      tiny_study["name"])
+    client, parents, children = study_runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                           tiny_study["name"])
     scores = {r.data.tags["trial_id"]: max(m.value for m in client.get_metric_history(
         r.info.run_id, "val/f1")) for r in children}
     best_score = max(scores.values())
@@ -114,8 +90,8 @@ def test_reported_best_trial_is_the_highest_val_f1_in_mlflow(tiny_study):
 
 
 def test_each_finished_trial_has_its_best_adapter_as_artifact(tiny_study):
-    client, _, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
-                                tiny_study["name"])
+    client, _, children = study_runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                     tiny_study["name"])
     for run in children:
         names = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "adapter")}
         assert {"adapter_model.safetensors", "adapter_config.json",
@@ -127,7 +103,7 @@ def test_each_finished_trial_has_its_best_adapter_as_artifact(tiny_study):
 
 
 def test_checkpoints_stay_bounded_and_hold_no_base_weights(tiny_study):
-    for folder in _trial_dirs(tiny_study["storage"], tiny_study["name"]).values():
+    for folder in trial_dirs(tiny_study["storage"], tiny_study["name"]).values():
         checkpoints = sorted(folder.glob("checkpoint_*"))
         assert 1 <= len(checkpoints) <= 3  # best 2 by val/f1, plus the latest
         for ckpt in checkpoints:
@@ -137,42 +113,17 @@ def test_checkpoints_stay_bounded_and_hold_no_base_weights(tiny_study):
     assert (tiny_study["storage"] / tiny_study["name"] / "optuna.db").is_file()
 
 
-def _wait_for(pattern: str, proc: subprocess.Popen, lines: list[str], timeout: float) -> None:
-    deadline = time.time() + timeout
-    assert proc.stdout is not None
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                pytest.fail(f"study exited ({proc.returncode}) before {pattern!r}:\n"
-                            + "".join(lines[-40:]))
-            continue
-        lines.append(line)
-        if re.search(pattern, line):
-            return
-    pytest.fail(f"{pattern!r} not seen in {timeout} s")
-
-
 def test_resume_after_an_interruption_adds_no_duplicate_run(warm_tiny_model_dir, mlflow_server,
                                                             tmp_path):
     name, experiment = "resumable", "tests-resume"
     args = tiny_study_args(warm_tiny_model_dir, tmp_path / "runs", mlflow_server.uri, name,
                            experiment, num_trials=4, max_concurrent=1, scheduler="none",
                            epochs=2)
-    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "tune" / "run.py"), *args],
-                            cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: list[str] = []
-    try:
-        _wait_for(r"completed after 2 epoch", proc, lines, timeout=600)
-        proc.send_signal(signal.SIGINT)  # Ctrl-C while the second trial runs
-        rest, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    lines.append(rest)
-    first_out = "".join(lines)
-    assert proc.returncode == 130, first_out[-3000:]
+    with Study(args, tmp_path) as study:
+        study.wait_for(r"completed after 2 epoch", timeout=600)
+        study.proc.send_signal(signal.SIGINT)  # Ctrl-C while the second trial runs
+        first_out = study.finish(timeout=300)
+    assert study.proc.returncode == 130, first_out[-3000:]
     finished = set(re.findall(r"trial (\S+) completed after", first_out))
     assert finished
 
@@ -183,7 +134,7 @@ def test_resume_after_an_interruption_adds_no_duplicate_run(warm_tiny_model_dir,
     rerun = set(re.findall(r"trial (\S+) started", resumed.stdout))
     assert not finished & rerun, f"finished trials ran again: {finished & rerun}"
 
-    client, parents, children = _runs(mlflow_server.uri, experiment, name)
+    client, parents, children = study_runs(mlflow_server.uri, experiment, name)
     assert len(parents) == 1
     ids = [r.data.tags["trial_id"] for r in children]
     assert len(ids) == len(set(ids)) == 4
@@ -251,22 +202,22 @@ def test_starting_a_study_twice_without_resume_is_refused(tiny_study, capsys, mo
                                       tiny_study["tracking_uri"], tiny_study["name"],
                                       tiny_study["experiment"]), capsys)
     assert code == 2 and "--resume" in error_lines(err)[0]
-    _, parents, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
-                                 tiny_study["name"])
+    _, parents, children = study_runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                      tiny_study["name"])
     assert len(parents) == 1 and len(children) == 6
 
 
 def test_failed_state_is_never_reported_for_a_clean_study(tiny_study):
-    _, _, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
-                           tiny_study["name"])
+    _, _, children = study_runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                tiny_study["name"])
     assert all(r.data.tags["state"] != FAILED for r in children)
 
 
 def test_environment_secrets_never_reach_mlflow_or_the_study_files(tiny_study):
     from tests.conftest import FAKE_SECRETS
 
-    client, parents, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
-                                      tiny_study["name"])
+    client, parents, children = study_runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                           tiny_study["name"])
     secrets = list(FAKE_SECRETS.values())
     for run in parents + children:
         logged = json.dumps([run.data.params, run.data.tags])
@@ -299,7 +250,7 @@ def test_runs_of_trials_ray_never_recorded_are_marked_lost(mlflow_server):
 
     assert mirror.mark_lost({"known", "done"}) == ["gone"]
     assert mirror.mark_lost({"known", "done"}) == []  # repeatable
-    client, _, children = _runs(mlflow_server.uri, "tests-lost", "lost-runs")
+    client, _, children = study_runs(mlflow_server.uri, "tests-lost", "lost-runs")
     by_id = {r.data.tags["trial_id"]: r for r in children}
     assert by_id["gone"].data.tags["state"] == LOST
     assert by_id["gone"].info.status == "KILLED"

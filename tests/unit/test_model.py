@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import tiny_bert_config
 from trainable import model
 from trainable.config import PACKAGED_MODEL, TrialConfig
 from trainable.errors import UserError
@@ -22,11 +23,8 @@ def packaged_path() -> Path:
 @pytest.fixture
 def config_only_dir(tmp_path) -> Path:
     """A folder holding only a BERT config.json, as a local model folder would."""
-    from transformers import BertConfig
-
     folder = tmp_path / "bert-config-only"
-    BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=1,
-               intermediate_size=64).save_pretrained(folder)
+    tiny_bert_config().save_pretrained(folder)
     return folder
 
 
