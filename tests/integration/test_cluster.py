@@ -3,15 +3,13 @@
 The head takes no trials (0 CPUs, none of the trial resource); each worker advertises
 `fake_gpu` (standing in for a GPU slot, what `trial_slot` is on the cloud cluster) and one
 pretend GPU, so `--gpus-per-trial 0.5` is scheduled as on a GPU cluster while torch still
-trains on the CPU. Run with `-s` to see the placement table and the wall times; they are
-also written to `cluster-timings.json` in pytest's base temp folder.
+trains on the CPU. Run with `-s` to see the placement table. The wall time of this study
+against the same study on a single node is a benchmark, not a test: `python bench/multinode.py`.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -36,15 +34,13 @@ def cluster():
 
 def _run(name: str, model_dir: Path, work: Path, uri: str, env: dict[str, str] | None = None,
          **flags: object) -> dict:
-    started = time.perf_counter()
     proc = run_study_cli(*tiny_study_args(model_dir, work / "runs", uri, name, f"tests-{name}",
                                           **(STUDY | flags)), cwd=work, env=env)
-    wall = time.perf_counter() - started
     if proc.returncode != 0:
         pytest.fail(f"study {name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                     f"{proc.stderr[-6000:]}")
     return {"name": name, "experiment": f"tests-{name}", "storage": work / "runs", "proc": proc,
-            "wall_s": round(wall, 1), "uri": uri}
+            "uri": uri}
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +52,6 @@ def multinode_study(cluster, warm_tiny_model_dir, mlflow_server, tmp_path_factor
     return _run("multinode", warm_tiny_model_dir, tmp_path_factory.mktemp("multinode"),
                 mlflow_server.uri, env=env, address=cluster.address,
                 trial_resource=TRIAL_RESOURCE, gpus_per_trial=0.5)
-
-
-@pytest.fixture(scope="module")
-def single_node_study(multinode_study, warm_tiny_model_dir, mlflow_server, tmp_path_factory):
-    """The same study in a Ray started by the driver on this machine (after the multi-node one,
-    so the two do not compete for the two cores)."""
-    return _run("single-node", warm_tiny_model_dir, tmp_path_factory.mktemp("single-node"),
-                mlflow_server.uri, gpus_per_trial=0)
 
 
 @pytest.fixture(scope="module")
@@ -119,24 +107,6 @@ def test_driver_best_result_equals_mlflow(multinode_study):
     best = max(scores.values())
     assert float(match.group(2)) == pytest.approx(best, abs=1e-4)
     assert scores[match.group(1)] == pytest.approx(best, abs=1e-4)
-
-
-def test_wall_time_single_node_vs_multi_node(cluster, multinode_study, single_node_study,
-                                             tmp_path_factory):
-    timings = {}
-    for study in (single_node_study, multinode_study):
-        minutes = re.search(r"in ([0-9.]+) min", study["proc"].stdout)
-        timings[study["name"]] = {"wall_s": study["wall_s"],
-                                  "driver_study_min": float(minutes.group(1)) if minutes else None}
-    _, _, runs = study_runs(single_node_study["uri"], single_node_study["experiment"],
-                            single_node_study["name"])
-    assert len(runs) == STUDY["num_trials"]
-    out = tmp_path_factory.getbasetemp() / "cluster-timings.json"
-    # The multi-node study joins a running cluster; starting it took cluster_start_s, once.
-    timings["cluster_start_s"] = cluster.start_s
-    out.write_text(json.dumps({"study": STUDY, **timings}, indent=2) + "\n")
-    print(f"\nwall time, {STUDY['num_trials']} trials x {STUDY['epochs']} epochs, "
-          f"{STUDY['max_concurrent']} at a time: {json.dumps(timings)} ({out})")
 
 
 def test_two_worker_data_parallel_trial_reports_the_same_metric_keys(
