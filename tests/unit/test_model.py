@@ -37,6 +37,27 @@ def test_default_target_modules_for_known_encoders(model_type):
     assert set(targets) == {"query", "value"}
 
 
+def test_lora_adapts_bert_attention_and_its_pooler_but_not_the_head():
+    """On a real (tiny, random, in-memory) BERT classifier, peft resolves the default targets
+    to query and value of every layer plus `pooler.dense`; the head is trained in full."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from peft.tuners.lora import LoraLayer
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(tiny_bert_config())
+    targets = model.default_target_modules(bert.config.model_type, bert)
+    peft_model = get_peft_model(bert, LoraConfig(task_type=TaskType.SEQ_CLS, r=4,
+                                                 target_modules=targets))
+    adapted = {name.removeprefix("base_model.model.") for name, module
+               in peft_model.named_modules() if isinstance(module, LoraLayer)}
+    attention = {f"bert.encoder.layer.{i}.attention.self.{proj}"
+                 for i in range(2) for proj in ("query", "value")}
+    assert adapted == attention | {"bert.pooler.dense"}
+    trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
+    assert any(".classifier." in name for name in trainable)
+
+
 def test_default_target_modules_for_an_unknown_architecture_is_every_linear_layer():
     assert model.default_target_modules("nosuch-architecture") == "all-linear"
 
