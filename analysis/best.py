@@ -29,7 +29,7 @@ from analysis.study import Study, add_study_arguments, study_from_args
 from trainable.adapter import METRICS, RESUME, TRIAL_CONFIG
 from trainable.cli import ArgumentParser
 from trainable.config import OBJECTIVE
-from trainable.errors import UserError
+from trainable.errors import UserError, first_line
 from tune.records import (
     RESULT_FILE,
     TrialRecord,
@@ -105,7 +105,7 @@ def fetch_checkpoint(study: Study, trial: TrialRecord, epochs: list[int], dest: 
                 tracking_uri=tracking_uri))
         except Exception as e:  # MlflowException when the artifact is absent
             why.append(f"no MLflow artifact {ADAPTER_ARTIFACT}/ on run {trial.run_id} "
-                       f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})")
+                       f"({first_line(e, 120)})")
         else:
             found = _epoch_of(local)
             if found in epochs:

@@ -24,7 +24,7 @@ from typing import Any
 
 from trainable.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METRICS, TRIAL_CONFIG, write_json
 from trainable.config import PACKAGED_MODEL, TrialConfig
-from trainable.errors import UserError
+from trainable.errors import UserError, first_line
 from trainable.inference import BASE_MODEL_DIR
 
 THRESHOLD_FILE = "threshold.json"
@@ -124,7 +124,7 @@ def resolve_model_arg(model: str, tracking_uri: str | None, workdir: Path) -> Pa
         except UserError:
             raise
         except Exception as e:  # MlflowException (no such model/alias), connection errors
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = first_line(e)
             raise UserError(f"model {model}: cannot download from {tracking_uri} ({reason})") from None
         return find_export(Path(local))
     path = Path(model).expanduser()

@@ -14,6 +14,7 @@ from typing import Any
 
 from analysis.study import Study
 from trainable.config import OBJECTIVE
+from trainable.errors import first_line
 from tune.records import COMPLETED, FAILED, RUNNING, STOPPED
 from tune.space import CHOICE
 
@@ -155,7 +156,7 @@ def plot_search(study: Study, out_dir: Path) -> tuple[list[Path], list[str]]:
             try:
                 axes = draw()
             except (ValueError, RuntimeError, ZeroDivisionError) as e:
-                skipped.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                skipped.append(f"{name}: {first_line(e)}")
                 continue
         fig = _figure_of(axes)
         _size_for(fig, name, len(params))

@@ -13,3 +13,10 @@ class UserError(Exception):
 
 class TrialOutOfMemoryError(RuntimeError):
     """The trial needed more memory than it has (its memory_limit_gb, or the device's)."""
+
+
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """An exception's first line of message (its type name when it has none), for one-line errors."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if limit is None else line[:limit]

@@ -18,7 +18,7 @@ import torch
 
 from trainable.adapter import ADAPTER_WEIGHTS, read_adapter_folder
 from trainable.config import TrialConfig
-from trainable.errors import UserError
+from trainable.errors import UserError, first_line
 
 BASE_MODEL_DIR = "base_model"  # inside an export: the base model when it was a local folder
 
@@ -44,7 +44,7 @@ def load_trained(folder: str | Path, device: str | None = None) -> tuple[Any, An
     except RuntimeError as e:
         raise UserError(_mismatch_message(folder, cfg, str(e))) from None
     except Exception as e:  # peft raises ValueError/KeyError for configs that do not fit
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise UserError(f"checkpoint {folder}: cannot load the adapter onto model {cfg.model} "
                         f"({reason})") from None
     # peft only warns when adapter weights name modules this model lacks (an adapter from
@@ -68,7 +68,7 @@ def read_adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as e:  # SafetensorError for a truncated or foreign file
         raise UserError(f"checkpoint {folder}: {ADAPTER_WEIGHTS} is corrupted or not a "
-                        f"safetensors file ({str(e).splitlines()[0]})") from None
+                        f"safetensors file ({first_line(e)})") from None
 
 
 def _mismatch_message(folder: Path, cfg: TrialConfig, error: str) -> str:
@@ -92,7 +92,7 @@ def load_folder_tokenizer(folder: Path, cfg: TrialConfig) -> Any:
         try:
             return AutoTokenizer.from_pretrained(str(folder))
         except Exception as e:
-            raise UserError(f"tokenizer in {folder}: cannot load ({str(e).splitlines()[0]})") from None
+            raise UserError(f"tokenizer in {folder}: cannot load ({first_line(e)})") from None
     return load_tokenizer(cfg)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from ray import tune
 
 from trainable.config import OBJECTIVE
-from trainable.errors import UserError
+from trainable.errors import UserError, first_line
 from tune.mirror import Mirror
 from tune.records import (
     COMPLETED,
@@ -102,7 +102,7 @@ class MirrorCallback(tune.Callback):
         except Exception as e:  # the tracking server's outage must not stop the study
             if self.offline_since is None:
                 log.warning("MLflow unreachable (%s); trials keep training, the mirror catches "
-                            "up when it is back", str(e).splitlines()[0][:200])
+                            "up when it is back", first_line(e, 200))
             self.offline_since = time.time()
 
 

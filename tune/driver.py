@@ -14,7 +14,7 @@ from typing import Any
 from ray import tune
 
 from trainable.config import OBJECTIVE, TrialConfig
-from trainable.errors import UserError
+from trainable.errors import UserError, first_line
 from tune.callbacks import MirrorCallback, ProgressPrinter
 from tune.mirror import Mirror
 from tune.records import (
@@ -214,7 +214,7 @@ def _summarize(study: StudyConfig, mirror: Mirror, started: float,
     except Exception as e:
         synced = False
         log.warning("MLflow could not be updated (%s); run `python -m tune.sync --name %s "
-                    "--storage-path %s` once it is back", str(e).splitlines()[0][:200],
+                    "--storage-path %s` once it is back", first_line(e, 200),
                     study.name, study.storage_path)
     found = best_checkpoint(best.checkpoints) if best else None
     adapter = found[0] if found else None

@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from trainable.errors import UserError
+from trainable.errors import UserError, first_line
 from tune import auth
 from tune.study import StudyConfig
 
@@ -91,7 +91,7 @@ def connect(study: StudyConfig) -> None:
                     "export RAY_AUTH_MODE=token before starting Python")
         else:
             hint = f"; if the cluster uses token auth, put its token in {auth.TOKEN_SOURCES}"
-        raise UserError(f"cannot connect to Ray at {address} ({str(e).splitlines()[0]}){hint}"
+        raise UserError(f"cannot connect to Ray at {address} ({first_line(e)}){hint}"
                         ) from None
 
 

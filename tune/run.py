@@ -20,7 +20,7 @@ from typing import Any
 
 from trainable.cli import ArgumentParser, configure_logging
 from trainable.config import DEMO_DATA, OBJECTIVE, TrialConfig
-from trainable.errors import UserError
+from trainable.errors import UserError, first_line
 from trainable.train import add_trial_arguments, trial_changes
 from tune.auth import use_token_auth
 from tune.space import CHOICE, DIMENSIONS, space_section
@@ -99,7 +99,7 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise UserError(f"config file {path}: cannot read ({str(e).splitlines()[0]})") from None
+        raise UserError(f"config file {path}: cannot read ({first_line(e)})") from None
     if not isinstance(data, dict) or set(data) - {"study", "trial", "space"}:
         raise UserError(f"config file {path}: expected only `study:`, `space:` and `trial:` "
                         f"sections")
