@@ -213,8 +213,11 @@ def check_export(export_dir: Path, texts: list[str], expected: Any) -> None:
     # bf16 autocast gives slightly different logits when a clause is padded to another batch
     # length; a wrong adapter, head or tokenizer moves probabilities far more than this.
     if not np.allclose(got, expected, atol=0.02):
-        raise RuntimeError(f"the export in {export_dir} scores differently from the evaluated "
-                           f"checkpoint (max difference {np.abs(got - expected).max():.4f})")
+        # A wrong model must not stay behind under the export's name.
+        shutil.rmtree(export_dir, ignore_errors=True)
+        raise UserError(f"the export in {export_dir} scores differently from the evaluated "
+                        f"checkpoint (max difference {np.abs(got - expected).max():.4f}); "
+                        f"it was removed")
 
 
 def log_and_register(client: Any, study: Study, evaluation: Evaluation, plots: list[Path],
