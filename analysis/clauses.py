@@ -1,19 +1,15 @@
-"""Raw Terms of Service text to clauses, normalized the way LexGLUE's UNFAIR-ToS was.
+"""Raw Terms of Service text to clauses, one clause per heading, list item or sentence.
 
-The training clauses are lower-cased Penn-Treebank tokens: punctuation split off, `` and ''
-for double quotes, contractions split (`do n't`, `apple 's`, `can not`), section numbers
-kept (`14.1 except ...`, `3 use of ...`), URLs and abbreviations (`inc.`, `e.g.`, `u.s.`)
-whole. A model fine-tuned on that text sees raw website text as a shift in distribution,
-so `predict` rewrites each clause into the same form first.
+`predict` then writes each clause the way LexGLUE's UNFAIR-ToS was written, with
+`trainable.text.normalize`: the one normalizer, which also wrote the shipped demo set.
 
-NLTK supplies the Treebank tokenizer and the Punkt sentence splitter; neither needs NLTK's
-downloadable data (Punkt runs with the abbreviation list below instead of a trained model).
+NLTK supplies the Punkt sentence splitter; it needs none of NLTK's downloadable data (it
+runs with the abbreviation list below instead of a trained model).
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from functools import lru_cache
 
 # Abbreviations a sentence must not end at. Punkt's pretrained English model would come
@@ -30,16 +26,6 @@ _MARKER = re.compile(
     r"^\s*(?:\(?\d+(?:\.\d+)*[.)]?|\([a-zA-Z]{1,4}\)|[a-zA-Z][.)]|[ivxlcIVXLC]{1,6}[.)]"
     r"|[•·▪◦‣*–—-])(?=\s)")
 _TERMINAL = re.compile(r"[.!?:;][\"'”’)\]]*$")
-_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"“”]+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+", re.I)
-_URL_TRAILING = ".,;:!?)]}'\"”’"
-# Curly double quotes say which side they are on; NLTK keeps them as tokens, mapped to ``
-# and '' afterwards (ASCII " is placed by NLTK from its position). Already-normalized ``
-# and '' become curly first, so normalizing twice changes nothing.
-_QUOTES = str.maketrans({"„": "“", "‟": "“", "«": "“", "»": "”", "″": '"', "‘": "`",
-                         "‛": "`", "’": "'", "′": "'", "−": "-", "\u00ad": None})
-_QUOTE_TOKENS = {"“": "``", "”": "''"}
-
-
 @lru_cache(maxsize=1)
 def _sentence_splitter():
     from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
@@ -47,13 +33,6 @@ def _sentence_splitter():
     params = PunktParameters()
     params.abbrev_types = set(ABBREVIATIONS)
     return PunktSentenceTokenizer(params)
-
-
-@lru_cache(maxsize=1)
-def _word_tokenizer():
-    from nltk.tokenize import NLTKWordTokenizer
-
-    return NLTKWordTokenizer()
 
 
 def split_clauses(document: str) -> list[str]:
@@ -122,30 +101,3 @@ def _sentences(unit: str) -> list[str]:
     if prefix:
         merged[0] = f"{prefix.strip()} {merged[0]}"
     return merged
-
-
-def normalize(clause: str) -> str:
-    """A clause as LexGLUE wrote it: lower-case Treebank tokens joined by single spaces."""
-    text = unicodedata.normalize("NFKC", clause).translate(_QUOTES)
-    text = text.replace("``", "“").replace("''", "”")
-    text = re.sub(r"(?<=\d)[–—](?=\d)", "-", text)  # 2019–2020
-    text = re.sub(r"\s*[–—]\s*", " -- ", text)
-    # An ASCII single quote opening a word is an opening quote (`), as in the data.
-    text = re.sub(r"(?:(?<=^)|(?<=[\s(\[]))'(?=[^\W\d_])(?!(?:s|t|re|ve|ll|m|d)\b)", "`", text)
-    # "3. Use of ..." is "3 use of ..." in the data; "14.1 except ..." keeps its number.
-    text = re.sub(r"^\s*(\d+)\.\s", r"\1 ", text)
-    tokens: list[str] = []
-    position = 0
-    for match in _URL.finditer(text):
-        url = match.group(0).rstrip(_URL_TRAILING)
-        tokens += _tokenize(text[position:match.start()])
-        tokens.append(url)
-        position = match.start() + len(url)
-    tokens += _tokenize(text[position:])
-    out = " ".join(_QUOTE_TOKENS.get(t, t) for t in tokens).lower()
-    out = out.replace("[", "-lsb-").replace("]", "-rsb-").replace("{", "-lcb-").replace("}", "-rcb-")
-    return " ".join(out.split())
-
-
-def _tokenize(text: str) -> list[str]:
-    return _word_tokenizer().tokenize(text) if text.strip() else []

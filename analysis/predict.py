@@ -68,8 +68,9 @@ def decode_document(name: str, raw: bytes) -> str:
 def score_documents(documents: dict[str, str], model: Any, tokenizer: Any, cfg: Any,
                     precision: str | None = None) -> list[Flagged]:
     """Every clause of every document with its P(unfair), in document order."""
-    from analysis.clauses import normalize, split_clauses
+    from analysis.clauses import split_clauses
     from trainable.inference import predict_proba
+    from trainable.text import normalize
 
     rows: list[tuple[str, int, str, str]] = []
     for name, text in documents.items():

@@ -38,8 +38,8 @@ class UnfairClauseClassifier(PythonModel):
         """P(unfair) and the decision for each raw clause."""
         import pandas as pd
 
-        from analysis.clauses import normalize
         from trainable.inference import predict_proba
+        from trainable.text import normalize
 
         if isinstance(model_input, pd.DataFrame):
             texts = model_input["text" if "text" in model_input else model_input.columns[0]]

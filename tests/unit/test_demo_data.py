@@ -1,18 +1,22 @@
-"""Checks on the offline demo data set shipped in ``trainable/demo/``."""
+"""Checks on the offline demo data set shipped in ``trainable/demo/``, and its generator
+(``docs/demo/make_demo.py``, outside the installed package)."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from trainable.demo import make_demo
+from tests.conftest import REPO_ROOT
+from trainable.data import demo_dir
 
 pytestmark = pytest.mark.unit
 
-DEMO_DIR = Path(make_demo.__file__).resolve().parent
+DEMO_DIR = demo_dir()
+GENERATOR = REPO_ROOT / "docs" / "demo" / "make_demo.py"
 SPLITS = ["train", "validation", "test"]
 UNFAIR_CATEGORIES = {
     "Limitation of liability",
@@ -70,6 +74,14 @@ def test_text_is_lowercase_single_line(frames, split):
     assert not texts.str.contains(r"[\t\n\r]").any()
 
 
+@pytest.mark.parametrize("split", SPLITS)
+def test_text_is_already_in_the_form_prediction_normalizes_to(frames, split):
+    from trainable.text import normalize
+
+    texts = frames[split]["text"]
+    assert [t for t in texts if normalize(t) != t] == []
+
+
 def test_no_text_shared_between_splits(frames):
     texts = {split: set(frames[split]["text"]) for split in SPLITS}
     for i, a in enumerate(SPLITS):
@@ -78,6 +90,10 @@ def test_no_text_shared_between_splits(frames):
 
 
 def test_generator_reproduces_committed_files(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_demo", GENERATOR)
+    make_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_demo)
+    assert make_demo.DEMO_DIR == DEMO_DIR  # it regenerates the shipped files by default
     make_demo.write_demo(tmp_path)
     for split in SPLITS:
         assert (tmp_path / f"{split}.tsv").read_bytes() == _path(split).read_bytes()

@@ -1,8 +1,9 @@
 """Generate the small offline demo data set shipped in ``trainable/demo/``.
 
 The demo files ``train.tsv``, ``validation.tsv`` and ``test.tsv`` mimic the
-format of the real UNFAIR-ToS files (LexGLUE preprocessing: lower-cased,
-tokenized with spaces around punctuation, `` and '' quotes): a header row
+format of the real UNFAIR-ToS files (LexGLUE preprocessing: lower-cased
+Treebank tokens, written by ``trainable.text.normalize``, the function that
+also prepares raw Terms of Service for prediction): a header row
 ``text<TAB>category<TAB>label``, no quoting, ``category`` is ``Other`` (fair,
 label 0) or one of the 8 unfair types (label 1).
 
@@ -15,12 +16,14 @@ single split, like the real data, so no company appears in two splits.  About
 smoke run has positives to learn from.  The data are for quickstarts and smoke
 tests only; scores on them say nothing about the real task.
 
-The output is fully deterministic (a seeded ``random.Random``, standard library
-only).  To regenerate the files in place, run from the repository root::
+The output is fully deterministic (a seeded ``random.Random``).  This script is
+not part of the installed package; it needs the project installed (for
+``trainable.text``).  To regenerate the files in place, run from the repository
+root::
 
-    python -m trainable.demo.make_demo
+    python docs/demo/make_demo.py
 
-or write them elsewhere with ``python -m trainable.demo.make_demo --out-dir DIR``.
+or write them elsewhere with ``python docs/demo/make_demo.py --out-dir DIR``.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ import random
 import re
 from pathlib import Path
 
+from trainable.text import normalize
+
 SEED = 20240611
-DEMO_DIR = Path(__file__).resolve().parent
+DEMO_DIR = Path(__file__).resolve().parents[2] / "trainable" / "demo"
 SPLIT_FILES = {"train": "train.tsv", "validation": "validation.tsv", "test": "test.tsv"}
 HEADER = "text\tcategory\tlabel\n"
 
@@ -322,7 +327,7 @@ CLAUSE_SLOTS = {
 # section gives the place of the clause in its document (preamble first,
 # contact details last); ``[a|b]`` picks one alternative, ``{slot}`` is filled
 # from the company context or CLAUSE_SLOTS.  Texts are written in ordinary
-# English and converted to the LexGLUE style by ``lexglue_tokenize``.
+# English and converted to the LexGLUE style by ``trainable.text.normalize``.
 # ---------------------------------------------------------------------------
 
 S_PREAMBLE, S_ACCEPT, S_DEFS, S_ACCOUNT, S_PAYMENT, S_USE, S_CONTENT, S_IP = range(8)
@@ -526,7 +531,7 @@ UNFAIR_TEMPLATES = {
 }
 
 # ---------------------------------------------------------------------------
-# Template expansion and LexGLUE-style tokenization.
+# Template expansion.
 # ---------------------------------------------------------------------------
 
 _ALT_RE = re.compile(r"\[([^\[\]]*)\]")
@@ -544,27 +549,6 @@ def expand(template: str, ctx: dict, rng: random.Random) -> str:
         return rng.choice(CLAUSE_SLOTS[name])
 
     return _SLOT_RE.sub(slot, text)
-
-
-def lexglue_tokenize(text: str) -> str:
-    """Lower-case and tokenize ``text`` roughly like the LexGLUE UNFAIR-ToS files."""
-    chars = []
-    opening = True
-    for ch in text:
-        if ch == '"':
-            chars.append(" `` " if opening else " '' ")
-            opening = not opening
-        else:
-            chars.append(ch)
-    s = "".join(chars).lower()
-    s = re.sub(r"([()?!;•])", r" \1 ", s)
-    s = re.sub(r"([,:])(?=\s|$)", r" \1 ", s)
-    s = re.sub(r"([$£€])(?=\d)", r" \1 ", s)
-    s = re.sub(r"(\w)n't\b", r"\1 n't", s)
-    s = re.sub(r"(\w)'(s|re|ll|ve|d|m)\b", r"\1 '\2", s)
-    s = " ".join(s.split())
-    s = re.sub(r"\.(\s*(?:''|\)))*$", lambda m: " ." + m.group(0)[1:], s)
-    return " ".join(s.split())
 
 
 def company_context(key: str) -> dict:
@@ -585,7 +569,7 @@ def _draw(templates, ctx, rng, seen, tries=6):
     for template in templates:
         section, order, pattern = template
         for _ in range(tries):
-            text = lexglue_tokenize(expand(pattern, ctx, rng))
+            text = normalize(expand(pattern, ctx, rng))
             if text not in seen:
                 seen.add(text)
                 return template, text
@@ -655,7 +639,7 @@ def write_demo(out_dir) -> dict:
 
 
 def main(out_dir=None) -> dict:
-    """Regenerate the demo files in ``out_dir`` (default: next to this module)."""
+    """Regenerate the demo files in ``out_dir`` (default: ``trainable/demo/``)."""
     paths = write_demo(DEMO_DIR if out_dir is None else out_dir)
     for split, path in paths.items():
         with open(path, encoding="utf-8") as f:
