@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import (
+    REPO_ROOT,
     Study,
     error_lines,
     run_study_cli,
@@ -194,6 +197,16 @@ def test_gpus_asked_on_a_cluster_without_gpus(tmp_path, tiny_model_dir):
     assert len(errors) == 1 and "gpus_per_trial 0.5" in errors[0] and "no GPUs" in errors[0]
     assert "Traceback" not in proc.stderr
     assert not (storage / "qlora-unfair-tos").exists()
+
+
+def test_the_driver_cli_does_not_import_ray_before_deciding():
+    """Ray reads $RAY_AUTH_MODE once, on import: parsing a study's flags must not import it."""
+    code = ("import sys; from tune.run import parse_args; parse_args(['--smoke']); "
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
 
 
 def test_starting_a_study_twice_without_resume_is_refused(tiny_study, capsys, monkeypatch):
