@@ -20,11 +20,13 @@ from tests.conftest import (
     tiny_study_args,
     trial_dirs,
 )
-from tune.mirror import BEST_METRIC, COMPLETED, FAILED, STOPPED
+from tune.mirror import BEST_METRIC
+from tune.records import COMPLETED, FAILED, STOPPED
+from tune.space import DEFAULT_SEARCHED
 
 pytestmark = pytest.mark.integration
 
-SEARCHED = ("lr", "lora_rank", "max_length", "batch_size")
+SEARCHED = DEFAULT_SEARCHED
 
 
 def test_every_trial_is_one_child_run_of_one_parent(tiny_study):
@@ -247,7 +249,8 @@ def test_runs_of_trials_ray_never_recorded_are_marked_lost(mlflow_server):
     trials Ray knows, open or finished, are left alone. Analysis leaves lost runs out."""
     from analysis.study import load_from_mlflow
     from trainable.config import TrialConfig
-    from tune.mirror import LOST, RUNNING, Mirror, TrialRecord
+    from tune.mirror import Mirror
+    from tune.records import LOST, RUNNING, TrialRecord
     from tune.study import StudyConfig
 
     study = StudyConfig(name="lost-runs", experiment="tests-lost", mlflow_uri=mlflow_server.uri)
