@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+from functools import lru_cache
 from pathlib import Path
 
 from trainable.text import normalize
@@ -564,12 +565,17 @@ def company_context(key: str) -> dict:
 # ---------------------------------------------------------------------------
 
 
+# Drawing retries until a text is new, so the same text comes up again and again (about 11,000
+# draws of 400 distinct texts): normalize each once.
+_normalize = lru_cache(maxsize=None)(normalize)
+
+
 def _draw(templates, ctx, rng, seen, tries=6):
     """Expand the first template (in the given order) that yields an unseen text."""
     for template in templates:
         section, order, pattern = template
         for _ in range(tries):
-            text = normalize(expand(pattern, ctx, rng))
+            text = _normalize(expand(pattern, ctx, rng))
             if text not in seen:
                 seen.add(text)
                 return template, text
