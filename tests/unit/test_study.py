@@ -251,3 +251,13 @@ def test_the_space_round_trips_through_the_study_dict():
     study = StudyConfig().replace(lr_min=2e-4, lora_ranks=[4, 8], searched=["lr", "lora_rank"])
     assert StudyConfig.from_dict(study.to_dict()) == study
     assert study.to_dict()["lora_ranks"] == [4, 8] and study.to_dict()["lr_min"] == 2e-4
+
+
+def test_the_shipped_space_file_is_the_default_space():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tune" / "spaces" / "default.yaml"
+    study, base, _ = parse_args(["--config", str(path)])
+    default = StudyConfig()
+    assert study.searched == default.searched and study.space == default.space
+    assert (study.num_trials, base.epochs) == (default.num_trials, 3)
