@@ -22,8 +22,8 @@ from typing import Any
 
 from trainable.adapter import METRICS, RESUME, load_adapter_weights, write_json
 from trainable.checkpoint import EpochCheckpoint, Report
-from trainable.cli import ArgumentParser, configure_logging
-from trainable.config import DEMO_DATA, HUB_DATA, OBJECTIVE, TrialConfig
+from trainable.cli import ArgumentParser, add_dataclass_flags, configure_logging
+from trainable.config import DEMO_DATA, HUB_DATA, OBJECTIVE, PACKAGED_MODEL, TrialConfig
 from trainable.errors import TrialOutOfMemoryError, UserError
 
 log = logging.getLogger("trainable")
@@ -236,41 +236,27 @@ def json_line(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def add_trial_arguments(p: Any) -> None:
-    """The trial-config flags (each sets one TrialConfig field; unset flags leave it alone)."""
-    defaults = TrialConfig()
+# Trial fields whose flag differs from what the field's type gives.
+TRIAL_FLAG_OVERRIDES: dict[str, dict[str, Any]] = {
+    "model": {"help": f"model id or folder (default: {PACKAGED_MODEL}, packaged)"},
+    "target_modules": {"metavar": "NAME", "help": "module names that get LoRA (default: "
+                                                  "detected from the architecture)"},
+    "memory_limit_gb": {"metavar": "GB"},
+    "max_train_samples": {"metavar": "N"},
+    "max_eval_samples": {"metavar": "N"},
+}
+
+
+def add_trial_arguments(p: Any, skip: tuple[str, ...] = ("output_dir", "eval_test")) -> None:
+    """The trial-config flags, one per TrialConfig field (unset flags leave it alone); the data
+    source is a folder (--data-dir) or a named source (--data)."""
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data-dir", dest="data", metavar="DIR",
                      help="folder with train/validation/test files (.tsv .csv .jsonl .parquet)")
     src.add_argument("--data", dest="data", choices=[HUB_DATA, DEMO_DATA],
                      help=f"'{HUB_DATA}': LexGLUE unfair_tos from the Hugging Face hub (default); "
                           f"'{DEMO_DATA}': the small shipped demo set")
-    p.add_argument("--model", help=f"model id or folder (default: {defaults.model}, packaged)")
-    p.add_argument("--quantization", choices=["4bit", "8bit", "none"])
-    p.add_argument("--lr", type=float)
-    p.add_argument("--lora-rank", type=int)
-    p.add_argument("--lora-alpha", type=float, help="default: 2 x rank")
-    p.add_argument("--lora-dropout", type=float)
-    p.add_argument("--target-modules", nargs="+", metavar="NAME",
-                   help="default: detected from the architecture")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup-ratio", type=float)
-    p.add_argument("--max-length", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--precision", choices=["auto", "32-true", "bf16-mixed", "16-mixed"])
-    p.add_argument("--class-weighting", choices=["balanced", "sqrt", "none"])
-    p.add_argument("--max-train-samples", type=int, metavar="N")
-    p.add_argument("--max-eval-samples", type=int, metavar="N")
-    p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
-                   default=None)
-    p.add_argument("--pad-to-max-length", action="store_true", default=None)
-    p.add_argument("--accelerator", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int)
-    p.add_argument("--memory-limit-gb", type=float, metavar="GB",
-                   help="fail the trial (not the node) when it needs more memory")
-    p.add_argument("--trust-remote-code", action="store_true", default=None)
+    add_dataclass_flags(p, TrialConfig, TRIAL_FLAG_OVERRIDES, skip=("data", *skip))
 
 
 TRIAL_FLAG_FIELDS = tuple(f.name for f in dataclasses.fields(TrialConfig))
@@ -289,10 +275,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrialConfig, Path | N
     """CLI flags to a TrialConfig (each flag sets one field) and an optional resume folder."""
     p = ArgumentParser(prog="python -m trainable.train",
                        description="Fine-tune one QLoRA classifier on UNFAIR-ToS.")
-    add_trial_arguments(p)
-    p.add_argument("--eval-test", action="store_true", default=None,
-                   help="evaluate the best adapter on the test split")
-    p.add_argument("--output-dir", metavar="DIR")
+    add_trial_arguments(p, skip=())
     p.add_argument("--resume-from", metavar="DIR", type=Path,
                    help="an epoch folder (with resume.ckpt) to continue from")
     args = vars(p.parse_args(argv))

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainable.cli import ArgumentParser, configure_logging
+from trainable.cli import ArgumentParser, add_dataclass_flags, configure_logging
 from trainable.config import DEMO_DATA, OBJECTIVE, TrialConfig
 from trainable.errors import UserError, first_line
 from trainable.train import add_trial_arguments, trial_changes
@@ -34,30 +34,12 @@ SMOKE_TRIAL = {"epochs": 2, "data": DEMO_DATA}
 # Study fields a --resume may change: where things run and are mirrored, not what is searched.
 RESUMABLE = {"name", "storage_path", "address", "mlflow_uri"}
 
-_STUDY_FLAGS = {
-    "name": dict(help="study name (Ray folder and MLflow parent run)"),
-    "num_trials": dict(type=int, metavar="N"),
-    "max_concurrent": dict(type=int, metavar="N"),
-    "cpus_per_trial": dict(type=float, metavar="N"),
-    "gpus_per_trial": dict(type=float, metavar="N", help="fractions share a GPU, e.g. 0.5"),
-    "workers_per_trial": dict(type=int, metavar="N",
-                              help="data-parallel Ray Train workers per trial (Lightning DDP); "
-                                   "each holds 1/N of the trial's CPUs, GPUs and trial resource"),
-    "trial_resource": dict(metavar="NAME",
-                           help="custom Ray resource each trial takes one unit of; advertised "
-                                "by worker nodes only, it keeps trials off the head"),
-    "search": dict(choices=["optuna", "random"]),
-    "startup_trials": dict(type=int, metavar="N"),
-    "scheduler": dict(choices=["asha", "none"]),
-    "grace_period": dict(type=int, metavar="EPOCHS"),
-    "reduction_factor": dict(type=float),
-    "search_seed": dict(type=int, metavar="SEED"),
-    "checkpoints_per_trial": dict(type=int, metavar="N"),
-    "max_failures": dict(type=int, metavar="N"),
-    "storage_path": dict(metavar="DIR_OR_URI"),
-    "address": dict(help="Ray cluster address (auto, host:port); default: start Ray here"),
-    "mlflow_uri": dict(metavar="URI", help="default: sqlite:///mlflow.db here"),
-    "experiment": dict(help="MLflow experiment name"),
+# Study fields whose flag differs from what the field's type and docstring give.
+STUDY_FLAG_OVERRIDES: dict[str, dict[str, Any]] = {
+    "storage_path": {"metavar": "DIR_OR_URI"},
+    "mlflow_uri": {"metavar": "URI"},
+    "address": {"metavar": "ADDRESS"},
+    "trial_resource": {"metavar": "NAME"},
 }
 
 
@@ -80,9 +62,10 @@ def build_parser() -> ArgumentParser:
     """The driver's flags: study fields, then every trial flag of trainable.train."""
     p = ArgumentParser(prog="python tune/run.py", description=__doc__.split("\n")[0])
     study = p.add_argument_group("study")
-    for name, spec in (_STUDY_FLAGS | _space_flags()).items():
-        spec = dict(spec)
-        study.add_argument(f"--{name.replace('_', '-')}", dest=spec.pop("dest", name), **spec)
+    add_dataclass_flags(study, StudyConfig, STUDY_FLAG_OVERRIDES, skip=("searched", "space"))
+    space = p.add_argument_group("search space (tune/space.py)")
+    for name, spec in _space_flags().items():
+        space.add_argument(f"--{name.replace('_', '-')}", dest=name, **spec)
     study.add_argument("--config", type=Path, metavar="FILE",
                        help="YAML/JSON file with `study:` and `trial:` sections")
     study.add_argument("--resume", action="store_true", help="continue an interrupted study")

@@ -261,3 +261,23 @@ def test_the_shipped_space_file_is_the_default_space():
     default = StudyConfig()
     assert study.searched == default.searched and study.space == default.space
     assert (study.num_trials, base.epochs) == (default.num_trials, 3)
+
+
+def test_every_config_field_has_one_flag_with_its_docstring_as_help():
+    import dataclasses
+
+    from trainable.cli import field_docs
+    from tune.run import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    for cls, skipped in ((StudyConfig, {"searched", "space"}),
+                         (TrialConfig, {"output_dir", "eval_test", "data"})):
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in skipped:
+                continue
+            flag = f"--{f.name.replace('_', '-')}"
+            assert flag in text, f"no flag for {cls.__name__}.{f.name}"
+            assert f.name in ("model", "target_modules") or docs[f.name][:40] in text, f.name
+    assert "--quantization {4bit,8bit,none}" in text
+    assert "--lora-ranks V [V ...]" in text
