@@ -57,6 +57,61 @@ def tiny_bert_config(tokenizer: Any | None = None) -> Any:
                       intermediate_size=128, max_position_embeddings=128, num_labels=2, **vocab)
 
 
+# Tiny encoders of other architecture families (trainable.model.LORA_LAYERS): the same size
+# as the tiny BERT, each from its own config class. Keys are `config.model_type`.
+TINY_ENCODERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "bert": ("BertConfig", {}),
+    # RoBERTa's positions start after the padding id: two more than the tokens it holds.
+    "roberta": ("RobertaConfig", {"max_position_embeddings": 130, "type_vocab_size": 1}),
+    "distilbert": ("DistilBertConfig", {"dim": 64, "n_layers": 2, "n_heads": 2,
+                                        "hidden_dim": 128}),
+    # DeBERTa-v3's relative attention, with unshared position projections (more layers to adapt).
+    "deberta-v2": ("DebertaV2Config", {"type_vocab_size": 0, "relative_attention": True,
+                                       "position_biased_input": False, "share_att_key": False,
+                                       "pos_att_type": ["p2c", "c2p"], "position_buckets": 32}),
+    "modernbert": ("ModernBertConfig", {"reference_compile": False}),
+    "xlm-roberta": ("XLMRobertaConfig", {"max_position_embeddings": 130}),
+    "camembert": ("CamembertConfig", {"max_position_embeddings": 130}),
+    "electra": ("ElectraConfig", {"embedding_size": 32}),
+    "deberta": ("DebertaConfig", {"type_vocab_size": 0}),  # peft knows it; LORA_LAYERS does not
+}
+
+
+def tiny_encoder_config(model_type: str, tokenizer: Any | None = None) -> Any:
+    """A tiny config of `model_type` (2 layers, 2 heads, hidden 64, 2 labels); with
+    `tokenizer`, its vocabulary and special-token ids (ModernBERT's defaults would not fit)."""
+    import transformers
+
+    if model_type == "bert":
+        return tiny_bert_config(tokenizer)
+    name, extra = TINY_ENCODERS[model_type]
+    ids = {} if tokenizer is None else {
+        "vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_token_id,
+        "cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id,
+        "bos_token_id": tokenizer.cls_token_id, "eos_token_id": tokenizer.sep_token_id}
+    size = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 128, "max_position_embeddings": 128}
+    return getattr(transformers, name)(**size | ids | extra, num_labels=2)
+
+
+def save_tiny_encoder(folder: Path, model_type: str) -> Path:
+    """Save a tiny random `model_type` classifier and the packaged MiniLM tokenizer in
+    `folder`, as a hub model folder of that architecture would hold them."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from trainable.config import PACKAGED_MODEL
+    from trainable.model import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(PACKAGED_MODEL))
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(
+        tiny_encoder_config(model_type, tokenizer))
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def save_tiny_model(folder: Path, warm: bool = False) -> Path:
     """Save the tiny random BERT classifier and the packaged MiniLM tokenizer in `folder`.
 

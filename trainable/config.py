@@ -47,6 +47,8 @@ DEMO_DATA = "demo"  # the small demo set shipped in trainable/demo, for smoke ru
 QUANTIZATIONS = ("4bit", "8bit", "none")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 CLASS_WEIGHTINGS = ("balanced", "sqrt", "none")
+# Where LoRA goes, resolved per architecture family by trainable.model.LORA_LAYERS.
+LORA_TARGETS = ("attention", "attention+head", "all-linear")
 ACCELERATORS = ("auto", "cpu", "cuda")
 
 
@@ -61,11 +63,18 @@ class TrialConfig:
     lora_rank: int = 8
     """LoRA rank r."""
     lora_alpha: float | None = None
-    """LoRA alpha; None means 2 x rank, so the update scale stays fixed while rank is searched."""
+    """LoRA alpha as a number; None (the default) takes lora_alpha_ratio x rank instead."""
+    lora_alpha_ratio: float = 2.0
+    """LoRA alpha over rank (the update is scaled by alpha / rank): 2.0 gives alpha = 2 x rank, so
+    the update scale stays fixed while rank is searched. Ignored when lora_alpha is given."""
     lora_dropout: float = 0.1
     """Dropout on the LoRA path."""
+    lora_targets: Literal["attention", "attention+head", "all-linear"] = "attention+head"
+    """Which layers get LoRA, resolved for the architecture: attention (query and value), plus
+    the pretrained dense layer feeding the head (BERT's pooler), or every linear layer. The new
+    classification head is always trained in full. Ignored when target_modules is given."""
     target_modules: tuple[str, ...] | None = None
-    """Module names that get LoRA; None detects them from the architecture."""
+    """Module names that get LoRA, overriding lora_targets; None resolves lora_targets."""
     lr: float = 1e-3
     """Peak learning rate of AdamW (linear warm-up, then linear decay)."""
     weight_decay: float = 0.01
@@ -118,10 +127,14 @@ class TrialConfig:
         _check_choice("quantization", self.quantization, QUANTIZATIONS)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("class_weighting", self.class_weighting, CLASS_WEIGHTINGS)
+        _check_choice("lora_targets", self.lora_targets, LORA_TARGETS)
         _check_choice("accelerator", self.accelerator, ACCELERATORS)
         _check_int("lora_rank", self.lora_rank, minimum=1)
         _check(self.lora_alpha is None or _is_number(self.lora_alpha) and self.lora_alpha > 0,
                "lora_alpha", self.lora_alpha, "must be > 0")
+        _check(_is_number(self.lora_alpha_ratio) and math.isfinite(self.lora_alpha_ratio)
+               and self.lora_alpha_ratio > 0, "lora_alpha_ratio", self.lora_alpha_ratio,
+               "must be > 0")
         _check(_is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1, "lora_dropout",
                self.lora_dropout, "must be in [0, 1)")
         _check(self.target_modules is None or not isinstance(self.target_modules, str)
@@ -157,8 +170,10 @@ class TrialConfig:
 
     @property
     def alpha(self) -> float:
-        """The effective LoRA alpha."""
-        return float(self.lora_alpha) if self.lora_alpha is not None else 2.0 * self.lora_rank
+        """The effective LoRA alpha: lora_alpha if given, else lora_alpha_ratio x rank."""
+        if self.lora_alpha is not None:
+            return float(self.lora_alpha)
+        return float(self.lora_alpha_ratio) * self.lora_rank
 
     @property
     def is_local_data(self) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,8 @@ import torch
 
 from trainable.config import PACKAGED_MODEL, TrialConfig
 from trainable.errors import UserError
+
+log = logging.getLogger("trainable.model")
 
 # Sequence-classification heads are new at fine-tuning time: they stay out of quantization
 # (bitsandbytes cannot train a freshly quantized head) and are trained and saved in full.
@@ -140,20 +144,82 @@ def check_quantization(quantization: str, device: str) -> None:
                         f"{device} ({type(e).__name__}: {e}); {hint}") from None
 
 
-def default_target_modules(model_type: str, model: torch.nn.Module | None = None) -> list[str] | str:
-    """LoRA targets for an architecture: peft's table, else every linear layer but the head.
+@dataclass(frozen=True)
+class LoraLayers:
+    """Where each `lora_targets` preset puts LoRA in one architecture family: module-name
+    suffixes, as peft matches them (`query` matches `encoder.layer.0.attention.self.query`).
 
-    With peft's table (attention query/value), a pooler layer between the encoder and the
-    head gets an adapter too: BERT classifies from `pooler.dense` over [CLS], which
-    sentence-embedding checkpoints such as all-MiniLM never trained, and frozen it stalls
-    learning (MiniLM, 5 epochs: val F1 0.486 without it, 0.577 with it; BENCHMARKS.md).
+    The new classification head (HEAD_MODULES, matched by suffix: RoBERTa's `classifier.dense`
+    and `classifier.out_proj`, DistilBERT's `pre_classifier`) is trained in full and saved
+    with the adapter whatever the preset, so no preset names it.
+    """
+
+    attention: tuple[str, ...]
+    """Query and value projections (the LoRA paper's choice and peft's default)."""
+    head_dense: tuple[str, ...]
+    """The pretrained dense layer between the encoder and the head (BERT's pooler), if any.
+    BERT classifies from `pooler.dense` over [CLS], which sentence-embedding checkpoints such
+    as all-MiniLM never trained; frozen it stalls learning (MiniLM, 5 epochs: val F1 0.486
+    without an adapter on it, 0.577 with one; BENCHMARKS.md)."""
+    linear: tuple[str, ...]
+    """Every linear layer outside the head."""
+
+    def targets(self, preset: str) -> list[str]:
+        """The module names of a `lora_targets` preset."""
+        return list({"attention": self.attention, "attention+head": self.attention + self.head_dense,
+                     "all-linear": self.linear}[preset])
+
+
+_BERT = LoraLayers(attention=("query", "value"), head_dense=("pooler.dense",),
+                   linear=("query", "key", "value", "dense"))
+# No pooler: the head (`classifier.dense` + `classifier.out_proj`) is new and trained in full.
+_ROBERTA = LoraLayers(attention=("query", "value"), head_dense=(),
+                      linear=("query", "key", "value", "dense"))
+# ELECTRA's head is RoBERTa's; small checkpoints project embeddings up to the hidden size.
+_ELECTRA = LoraLayers(attention=("query", "value"), head_dense=(),
+                      linear=("embeddings_project", "query", "key", "value", "dense"))
+# `pre_classifier` belongs to the new head (peft's modules_to_save matches it by suffix).
+_DISTILBERT = LoraLayers(attention=("q_lin", "v_lin"), head_dense=(),
+                         linear=("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"))
+# pos_*_proj exist only when share_att_key is off (DeBERTa-v3 shares them).
+_DEBERTA_V2 = LoraLayers(attention=("query_proj", "value_proj"), head_dense=("pooler.dense",),
+                         linear=("query_proj", "key_proj", "value_proj", "pos_key_proj",
+                                 "pos_query_proj", "dense"))
+# Fused query/key/value; `head.dense` is the pretrained MLM head's dense layer.
+_MODERNBERT = LoraLayers(attention=("Wqkv",), head_dense=("head.dense",),
+                         linear=("Wqkv", "Wo", "Wi", "dense"))
+
+# Architecture families by `config.model_type`. Others take peft's attention names plus any
+# pooler, or every linear layer where peft knows none (`lora_target_modules`).
+LORA_LAYERS: dict[str, LoraLayers] = {
+    "bert": _BERT, "roberta": _ROBERTA, "xlm-roberta": _ROBERTA, "camembert": _ROBERTA,
+    "electra": _ELECTRA, "distilbert": _DISTILBERT, "deberta-v2": _DEBERTA_V2,
+    "modernbert": _MODERNBERT,
+}
+
+
+def lora_target_modules(cfg: TrialConfig, model: torch.nn.Module) -> list[str] | str:
+    """The modules that get LoRA: `cfg.target_modules` when given, else `cfg.lora_targets`
+    resolved for the model's architecture family (LORA_LAYERS).
+
+    An architecture outside the table keeps what this project did before the table existed:
+    peft's attention names (plus any pooler layer, for attention+head), or, where peft knows
+    none, every linear layer (peft's "all-linear"), logged with the way to choose instead.
     """
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN
 
+    if cfg.target_modules:
+        return list(cfg.target_modules)
+    model_type = getattr(model.config, "model_type", "")
+    if model_type in LORA_LAYERS:
+        return LORA_LAYERS[model_type].targets(cfg.lora_targets)
     known = list(KNOWN.get(model_type) or [])
-    if not known:
+    if cfg.lora_targets == "all-linear" or not known:
+        if cfg.lora_targets != "all-linear":
+            log.warning("model type %s: attention layer names unknown; LoRA on every linear "
+                        "layer (pass --target-modules NAME ... to choose)", model_type)
         return "all-linear"
-    if model is not None:
+    if cfg.lora_targets == "attention+head":
         known += [name for name, module in model.named_modules()
                   if "pooler" in name.split(".") and hasattr(module, "weight")
                   and getattr(module.weight, "ndim", 0) == 2]
@@ -199,13 +265,12 @@ def build_model(cfg: TrialConfig, device: str, precision: str) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model
 
     model = build_base_model(cfg, device, precision)
-    targets = list(cfg.target_modules) if cfg.target_modules else default_target_modules(
-        model.config.model_type, model)
+    targets = lora_target_modules(cfg, model)
     lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_rank, lora_alpha=cfg.alpha,
                       lora_dropout=cfg.lora_dropout, target_modules=targets)
     try:
         model = get_peft_model(model, lora)
-    except ValueError as e:  # target modules not in the model
+    except (ValueError, TypeError) as e:  # not in the model; or a LoRA layer inside the head
         raise UserError(f"target_modules {targets}: {str(e).splitlines()[0]}") from None
     _disable_cpu_inference_repacking(model)
     return model.train()  # from_pretrained leaves eval mode, which Lightning would keep

@@ -26,6 +26,12 @@ BAD_VALUES = [
     ("lora_rank", 2.5),
     ("lora_alpha", 0),
     ("lora_alpha", NAN),
+    ("lora_alpha_ratio", 0),
+    ("lora_alpha_ratio", -2.0),
+    ("lora_alpha_ratio", float("inf")),
+    ("lora_alpha_ratio", None),
+    ("lora_targets", "all"),
+    ("lora_targets", None),
     ("lora_dropout", -0.1),
     ("lora_dropout", 1.0),
     ("lora_dropout", NAN),
@@ -84,6 +90,22 @@ def test_defaults_are_valid_and_alpha_is_twice_the_rank():
     assert TrialConfig(lora_rank=4, lora_alpha=3).alpha == 3.0
     # Searching the rank keeps alpha tied to it unless alpha is set.
     assert cfg.replace(lora_rank=32).alpha == 64.0
+
+
+def test_alpha_follows_the_ratio_unless_alpha_is_given():
+    assert TrialConfig(lora_rank=8, lora_alpha_ratio=0.5).alpha == 4.0
+    assert TrialConfig(lora_rank=16, lora_alpha_ratio=1).alpha == 16.0
+    # An explicit alpha wins over the ratio (a searched ratio then changes nothing).
+    assert TrialConfig(lora_rank=8, lora_alpha=3, lora_alpha_ratio=4.0).alpha == 3.0
+
+
+def test_a_config_saved_before_the_lora_presets_reads_as_it_trained():
+    """trial_config.json files written before lora_targets and lora_alpha_ratio existed load
+    with the defaults that reproduce what they trained: alpha 2 x rank, attention + head."""
+    old = TrialConfig(lora_rank=4).to_dict()
+    del old["lora_targets"], old["lora_alpha_ratio"]
+    cfg = TrialConfig.from_dict(old)
+    assert (cfg.alpha, cfg.lora_targets) == (8.0, "attention+head")
 
 
 def test_good_edge_values_are_accepted():

@@ -30,36 +30,110 @@ def config_only_dir(tmp_path) -> Path:
 
 # --- LoRA targets ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("model_type", ["bert", "roberta"])
-def test_default_target_modules_for_known_encoders(model_type):
-    targets = model.default_target_modules(model_type)
-    assert isinstance(targets, list)
-    assert set(targets) == {"query", "value"}
+# Per family: the attention layers each preset adapts (name suffixes, per encoder layer), the
+# pretrained dense layer attention+head adds, and the head that is trained in full.
+FAMILIES = {
+    "bert": (("attention.self.query", "attention.self.value"), {"bert.pooler.dense"},
+             {"classifier"}),
+    "roberta": (("attention.self.query", "attention.self.value"), set(),
+                {"classifier.dense", "classifier.out_proj"}),
+    "xlm-roberta": (("attention.self.query", "attention.self.value"), set(),
+                    {"classifier.dense", "classifier.out_proj"}),
+    "camembert": (("attention.self.query", "attention.self.value"), set(),
+                  {"classifier.dense", "classifier.out_proj"}),
+    "electra": (("attention.self.query", "attention.self.value"), set(),
+                {"classifier.dense", "classifier.out_proj"}),
+    "distilbert": (("attention.q_lin", "attention.v_lin"), set(),
+                   {"pre_classifier", "classifier"}),
+    "deberta-v2": (("attention.self.query_proj", "attention.self.value_proj"), {"pooler.dense"},
+                   {"classifier"}),
+    "modernbert": (("attn.Wqkv",), {"head.dense"}, {"classifier"}),
+}
 
 
-def test_lora_adapts_bert_attention_and_its_pooler_but_not_the_head():
-    """On a real (tiny, random, in-memory) BERT classifier, peft resolves the default targets
-    to query and value of every layer plus `pooler.dense`; the head is trained in full."""
-    from peft import LoraConfig, TaskType, get_peft_model
-    from peft.tuners.lora import LoraLayer
-    from transformers import BertForSequenceClassification
+def _tiny(model_type: str) -> torch.nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.conftest import tiny_encoder_config
 
     torch.manual_seed(0)
-    bert = BertForSequenceClassification(tiny_bert_config())
-    targets = model.default_target_modules(bert.config.model_type, bert)
-    peft_model = get_peft_model(bert, LoraConfig(task_type=TaskType.SEQ_CLS, r=4,
-                                                 target_modules=targets))
+    return AutoModelForSequenceClassification.from_config(tiny_encoder_config(model_type))
+
+
+def _adapt(net: torch.nn.Module, cfg: TrialConfig) -> tuple[set[str], set[str]]:
+    """(modules with LoRA, modules trained in full) once the trial's LoRA is applied."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    peft_model = get_peft_model(net, LoraConfig(task_type=TaskType.SEQ_CLS, r=4,
+                                                target_modules=model.lora_target_modules(cfg, net)))
     adapted = {name.removeprefix("base_model.model.") for name, module
                in peft_model.named_modules() if isinstance(module, LoraLayer)}
+    full = {name.removeprefix("base_model.model.").replace(".modules_to_save.default", "")
+            .rsplit(".", 1)[0] for name, p in peft_model.named_parameters()
+            if p.requires_grad and "lora_" not in name}
+    return adapted, full
+
+
+def _linear_outside_head(net: torch.nn.Module) -> set[str]:
+    return {name for name, module in net.named_modules() if isinstance(module, torch.nn.Linear)
+            and not any(part.endswith(model.HEAD_MODULES) for part in name.split("."))}
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+@pytest.mark.parametrize("preset", ["attention", "attention+head", "all-linear"])
+def test_lora_presets_resolve_per_architecture_and_the_head_trains_in_full(model_type, preset):
+    """On a real (tiny, random, in-memory) classifier of each family: attention adapts query
+    and value (ModernBERT's fused Wqkv) of every layer; attention+head adds the pretrained
+    dense layer before the head (BERT's pooler); all-linear adapts every linear layer outside
+    the head. The new head is never adapted, always trained in full."""
+    attention, head_dense, head = FAMILIES[model_type]
+    net = _tiny(model_type)
+    layers = net.config.num_hidden_layers
+    linear = _linear_outside_head(net)
+    adapted, full = _adapt(net, TrialConfig(lora_targets=preset))
+    if preset == "all-linear":
+        assert adapted == linear
+    else:
+        found = {name for name in adapted if name.endswith(attention)}
+        assert len(found) == layers * len(attention), sorted(adapted)
+        assert adapted - found == (head_dense if preset == "attention+head" else set())
+    assert full == head, sorted(full)
+    assert not any(part.endswith(model.HEAD_MODULES) for name in adapted
+                   for part in name.split("."))
+
+
+def test_the_default_preset_is_what_bert_trained_with_before_presets():
+    """Today's default result: query and value of every layer plus `pooler.dense`."""
+    assert TrialConfig().lora_targets == "attention+head"
+    adapted, full = _adapt(_tiny("bert"), TrialConfig())
     attention = {f"bert.encoder.layer.{i}.attention.self.{proj}"
                  for i in range(2) for proj in ("query", "value")}
     assert adapted == attention | {"bert.pooler.dense"}
-    trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
-    assert any(".classifier." in name for name in trainable)
+    assert full == {"classifier"}
 
 
-def test_default_target_modules_for_an_unknown_architecture_is_every_linear_layer():
-    assert model.default_target_modules("nosuch-architecture") == "all-linear"
+def test_explicit_target_modules_win_over_the_preset():
+    cfg = TrialConfig(lora_targets="all-linear", target_modules=("key",))
+    assert model.lora_target_modules(cfg, _tiny("roberta")) == ["key"]
+
+
+def test_an_architecture_outside_the_table_takes_peft_names_and_its_pooler():
+    """DeBERTa (v1) is in peft's table (fused in_proj), not in LORA_LAYERS."""
+    net = _tiny("deberta")
+    assert net.config.model_type not in model.LORA_LAYERS
+    assert model.lora_target_modules(TrialConfig(lora_targets="attention"), net) == ["in_proj"]
+    assert model.lora_target_modules(TrialConfig(), net) == ["in_proj", "pooler.dense"]
+    assert model.lora_target_modules(TrialConfig(lora_targets="all-linear"), net) == "all-linear"
+
+
+def test_an_architecture_nobody_knows_gets_every_linear_layer_and_a_hint(caplog):
+    from types import SimpleNamespace
+
+    net = SimpleNamespace(config=SimpleNamespace(model_type="nosuch-architecture"))
+    with caplog.at_level("WARNING", logger="trainable.model"):
+        assert model.lora_target_modules(TrialConfig(), net) == "all-linear"
+    assert "nosuch-architecture" in caplog.text and "--target-modules" in caplog.text
 
 
 # --- position limits ---------------------------------------------------------------------
