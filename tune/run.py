@@ -23,7 +23,7 @@ from trainable.config import DEMO_DATA, OBJECTIVE, TrialConfig
 from trainable.errors import UserError, first_line
 from trainable.train import add_trial_arguments, trial_changes
 from tune.auth import use_token_auth
-from tune.space import CHOICE, DIMENSIONS, space_section
+from tune.space import BY_NAME, CHOICE, DIMENSIONS, space_section
 from tune.study import StudyConfig
 
 # --smoke: a tiny study for the quickstart and CI (about two minutes on two cores).
@@ -125,7 +125,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StudyConfig, TrialCon
     trial_values |= trial_flags
     # A searched field fixed for every trial (flag or file) is no longer searched.
     searched = study_values.get("searched", StudyConfig().searched)
-    fixed = [f for f in searched if f in trial_values]
+    # An explicit target_modules (lora_alpha) list makes lora_targets (lora_alpha_ratio) moot.
+    fixed = [f for f in searched if f in trial_values
+             or f in BY_NAME and BY_NAME[f].fixed_by in trial_values]
     if fixed:
         study_values["searched"] = tuple(f for f in searched if f not in fixed)
     trial_values.pop("output_dir", None)  # each trial writes to its own folder

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from trainable.config import CLASS_WEIGHTINGS, LORA_TARGETS
 from trainable.errors import UserError
 
 if TYPE_CHECKING:
@@ -61,6 +62,13 @@ class Dimension:
     """The Python type of a sampled value (Optuna and Ray hand back numpy scalars)."""
     minimum: float | None = None
     """The smallest value allowed (a choice below it, or a range starting below it, is an error)."""
+    below: float | None = None
+    """A bound every value must stay under (dropout and warm-up are fractions below 1)."""
+    allowed: tuple[str, ...] = ()
+    """The values a string choice may take (the trial config's own list); empty: any."""
+    fixed_by: str | None = None
+    """A trial-config field that, when set for every trial, makes this one moot (an explicit
+    `target_modules` list wins over `lora_targets`): the search then leaves it out."""
     key: str | None = None
     """The study key holding the choices (`lora_ranks`); float ranges use `<name>_min/_max`."""
     help: str = ""
@@ -74,6 +82,8 @@ class Dimension:
                 raise UserError(f"{lo} and {hi} must be {need} (got {self.low!r} to {self.high!r})")
             if self.minimum is not None and self.low < self.minimum:
                 raise UserError(f"{lo} must be >= {self.minimum} (got {self.low!r})")
+            if self.below is not None and self.high >= self.below:
+                raise UserError(f"{hi} must be below {self.below:g} (got {self.high!r})")
             if self.low >= self.high:
                 raise UserError(f"{self.name} range is empty or reversed: {lo} {self.low} must "
                                 f"be below {hi} {self.high}")
@@ -99,6 +109,11 @@ class Dimension:
                 raise UserError(f"{key}: {bad[0]!r} is not a number >= {self.minimum:g}")
         elif not all(isinstance(v, self.type) for v in values):
             raise UserError(f"{key}: every choice must be a {self.type.__name__} (got {list(values)})")
+        bad = [v for v in values if self.allowed and v not in self.allowed
+               or self.below is not None and v >= self.below]
+        if bad:
+            need = f"one of {', '.join(self.allowed)}" if self.allowed else f"below {self.below:g}"
+            raise UserError(f"{key}: {bad[0]!r} is not {need}")
         if len(set(values)) != len(values):
             raise UserError(f"{key} lists a value twice ({list(values)})")
 
@@ -152,7 +167,7 @@ class Dimension:
 
 
 # The table. The first four are the default search; the others are searched when named in
-# the study's `searched` (or a config file's `space:` section).
+# the study's `searched` (or a config file's `space:` section; tune/spaces/lora.yaml names all).
 DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("lr", LOG_FLOAT, low=1e-4, high=3e-3, help="peak learning rate of AdamW"),
     Dimension("lora_rank", CHOICE, choices=(4, 8, 16, 32), type=int, minimum=1, key="lora_ranks",
@@ -161,6 +176,22 @@ DIMENSIONS: tuple[Dimension, ...] = (
               key="max_lengths", help="token limits (most clauses are far shorter than 128)"),
     Dimension("batch_size", CHOICE, choices=(8, 16, 32), type=int, minimum=1, key="batch_sizes",
               help="batch sizes to choose from"),
+    Dimension("lora_alpha_ratio", LOG_FLOAT, low=0.5, high=8.0, fixed_by="lora_alpha",
+              help="LoRA alpha over rank, the scale of the adapter's update"),
+    Dimension("lora_targets", CHOICE, choices=LORA_TARGETS, type=str, allowed=LORA_TARGETS,
+              key="lora_target_presets", fixed_by="target_modules",
+              help="which layers get LoRA, resolved per architecture"),
+    Dimension("lora_dropout", FLOAT, low=0.0, high=0.3, minimum=0.0, below=1.0,
+              help="dropout on the LoRA path"),
+    Dimension("class_weighting", CHOICE, choices=CLASS_WEIGHTINGS, type=str,
+              allowed=CLASS_WEIGHTINGS, key="class_weightings",
+              help="loss weights against the 1:9 imbalance"),
+    Dimension("warmup_ratio", FLOAT, low=0.0, high=0.2, minimum=0.0, below=1.0,
+              help="fraction of the steps spent warming up the learning rate"),
+    # Log-uniform: AdamW shrinks weights by lr x weight_decay per step, so 1e-4 is as good as
+    # none and 0.1 is strong; what matters is the order of magnitude.
+    Dimension("weight_decay", LOG_FLOAT, low=1e-4, high=0.1,
+              help="AdamW weight decay on the adapter and the head"),
 )
 DEFAULT_SEARCHED: tuple[str, ...] = ("lr", "lora_rank", "max_length", "batch_size")
 BY_NAME = {d.name: d for d in DIMENSIONS}

@@ -51,6 +51,14 @@ def test_defaults_are_valid_and_sized_to_the_budget():
         ({"name": "../escape"}, "study name"),
         ({"name": ""}, "study name"),
         ({"searched": ("lr", "dropout")}, "searched"),
+        ({"lora_target_presets": ("attention", "all")}, "lora_target_presets: 'all'"),
+        ({"class_weightings": ("inverse",)}, "class_weightings: 'inverse'"),
+        ({"class_weightings": ("none", "none")}, "twice"),
+        ({"lora_dropout_max": 1.0}, "lora_dropout_max must be below 1"),
+        ({"lora_dropout_min": -0.1}, "lora_dropout_min"),
+        ({"warmup_ratio_max": 1.5}, "warmup_ratio_max"),
+        ({"weight_decay_min": 0.0}, "positive"),
+        ({"lora_alpha_ratio_min": 4.0, "lora_alpha_ratio_max": 2.0}, "lora_alpha_ratio_min"),
     ],
 )
 def test_bad_study_values_are_one_line_errors_naming_the_culprit(changes, culprit):
@@ -281,3 +289,69 @@ def test_every_config_field_has_one_flag_with_its_docstring_as_help():
             assert f.name in ("model", "target_modules") or docs[f.name][:40] in text, f.name
     assert "--quantization {4bit,8bit,none}" in text
     assert "--lora-ranks V [V ...]" in text
+
+
+# --- the LoRA dimensions (tune/spaces/lora.yaml) ----------------------------------------------
+
+LORA_SPACE = ("lora_alpha_ratio", "lora_targets", "lora_dropout", "class_weighting",
+              "warmup_ratio", "weight_decay")
+
+
+def test_the_lora_space_file_searches_every_dimension_and_keeps_the_default_four():
+    from pathlib import Path
+
+    from tune.space import DIMENSIONS
+
+    path = Path(__file__).resolve().parents[2] / "tune" / "spaces" / "lora.yaml"
+    study, base, _ = parse_args(["--config", str(path)])
+    assert study.searched == (*SEARCHED, *LORA_SPACE)
+    assert set(study.searched) == {d.name for d in DIMENSIONS}
+    assert StudyConfig().searched == SEARCHED  # the default search is still the four
+    assert base == TrialConfig()  # a space file changes what is searched, not the trial
+    assert study.dimension("lora_targets").choices == ("attention", "attention+head",
+                                                       "all-linear")
+    # --smoke keeps its budget and narrows the four; the LoRA ranges are the file's.
+    smoke, base, _ = parse_args(["--smoke", "--config", str(path)])
+    assert smoke.num_trials == SMOKE_STUDY["num_trials"] and base.data == DEMO_DATA
+    assert smoke.dimension("lora_rank").choices == SMOKE_STUDY["lora_ranks"]
+    assert smoke.searched == study.searched
+
+
+def test_lora_dimensions_have_flags_and_sample_valid_trial_configs():
+    import numpy as np
+
+    study, _, _ = parse_args(["--lora-target-presets", "attention", "all-linear",
+                              "--class-weightings", "sqrt", "none", "--lora-dropout-min", "0.05",
+                              "--lora-dropout-max", "0.2", "--weight-decay-max", "1e-2",
+                              "--lora-alpha-ratio-min", "1", "--warmup-ratio-max", "0.1"])
+    assert study.searched == SEARCHED  # setting a range does not search it
+    assert study.dimension("lora_targets").choices == ("attention", "all-linear")
+    assert study.dimension("class_weighting").choices == ("sqrt", "none")
+    assert (study.dimension("lora_dropout").low, study.dimension("lora_dropout").high) == (
+        0.05, 0.2)
+    assert study.dimension("weight_decay").high == 1e-2
+    assert study.dimension("lora_alpha_ratio").low == 1.0
+    study = study.replace(searched=list(LORA_SPACE))
+    space = search_space(study)
+    assert set(space) == set(LORA_SPACE)
+    assert "LogUniform" in type(space["weight_decay"].get_sampler()).__name__
+    assert "LogUniform" not in type(space["lora_dropout"].get_sampler()).__name__
+    for _ in range(50):
+        sampled = {name: domain.sample() for name, domain in space.items()}
+        cfg = trial_config(TrialConfig(), {k: np.asarray(v)[()] for k, v in sampled.items()})
+        assert type(cfg.lora_targets) is str and cfg.lora_targets in ("attention", "all-linear")
+        assert type(cfg.class_weighting) is str and 0.05 <= cfg.lora_dropout <= 0.2
+        assert 1e-4 <= cfg.weight_decay <= 1e-2 and 0 <= cfg.warmup_ratio <= 0.1
+        assert cfg.alpha == cfg.lora_alpha_ratio * cfg.lora_rank
+    assert StudyConfig.from_dict(study.to_dict()) == study
+
+
+def test_an_explicit_list_or_alpha_takes_its_preset_or_ratio_out_of_the_search(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("space:\n  lr: {}\n  lora_targets: [attention, all-linear]\n"
+                    "  lora_alpha_ratio: {}\n", encoding="utf-8")
+    study, base, _ = parse_args(["--config", str(path), "--target-modules", "query", "value"])
+    assert base.target_modules == ("query", "value")
+    assert study.searched == ("lr", "lora_alpha_ratio")
+    study, base, _ = parse_args(["--config", str(path), "--lora-alpha", "16"])
+    assert base.lora_alpha == 16 and study.searched == ("lr", "lora_targets")
