@@ -309,3 +309,21 @@ def test_runs_of_trials_ray_never_recorded_are_marked_lost(mlflow_server):
     assert by_id["done"].data.tags["state"] == COMPLETED
     loaded = load_from_mlflow(client, "tests-lost", "lost-runs")
     assert {t.trial_id for t in loaded.trials} == {"known", "done"}
+
+
+def test_a_validation_split_without_unfair_clauses_fails_before_any_trial(
+        tmp_path, monkeypatch, capsys, tiny_model_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "validation"):
+        labels = [i % 2 for i in range(40)] if split == "train" else [0] * 1500
+        rows = "".join(f"clause {i} of {split} .\t{label}\n" for i, label in enumerate(labels))
+        (data / f"{split}.tsv").write_text("text\tlabel\n" + rows, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    code, err = _main(["--model", tiny_model_dir, "--data-dir", data, "--max-lengths", "32",
+                       "64", "--storage-path", tmp_path / "runs"], capsys)
+    assert code == 2
+    assert error_lines(err) == [f"error: data {data}: validation split has 0 unfair and 1,500 "
+                                f"fair clauses: F1 of the unfair class would be 0 for every "
+                                f"trial"]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
