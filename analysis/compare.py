@@ -123,8 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{best.best[0]}")
     if study.source == "mlflow" and any(t.seconds is not None for t in study.trials) and not (
             study.storage and Path(study.storage).is_dir()):
-        print("durations: MLflow run times, from each trial's first report (pass "
-              "--storage-path for Ray's full trial times)")
+        print("durations: MLflow run times (pass --storage-path for Ray's trial times)")
     for t in study.trials:
         if t.error:
             print(f"trial {t.trial_id} failed: {t.error[:300]}")

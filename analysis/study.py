@@ -181,7 +181,8 @@ def load_from_mlflow(client: Any, experiment: str, selector: str | None) -> Stud
             params={k: _parse(rp[k]) for k in searched if k in rp},
             history=history, state=run.data.tags.get("state", RUNNING),
             epochs=int(run.data.tags.get("epochs") or max(history, default=0)),
-            # The mirror opens a trial's run at its first report: this misses one epoch.
+            # The mirror dates a trial's run from Ray's results (tune.mirror.trial_times);
+            # studies mirrored before it did started their runs at the first report.
             seconds=(end - run.info.start_time) / 1000 if end else None,
             error=run.data.tags.get("error"), run_id=run.info.run_id))
     if "epochs" in base:

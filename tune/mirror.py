@@ -124,8 +124,10 @@ class Mirror:
         self._uploaded: dict[str, int] = {}
 
     # -- study --------------------------------------------------------------------------------
-    def start(self, resume: bool) -> str:
-        """Find or create the experiment and the study's parent run; return the parent run id."""
+    def start(self, resume: bool, start_time: int | None = None) -> str:
+        """Find or create the experiment and the study's parent run; return the parent run id.
+
+        `start_time` (ms) dates a parent run created late (tune.sync); None: now."""
         exp = self.client.get_experiment_by_name(self.study.experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
             self.study.experiment)
@@ -139,7 +141,8 @@ class Mirror:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
             return self.parent_id
-        run = self.client.create_run(self.experiment_id, run_name=self.study.name, tags={
+        run = self.client.create_run(self.experiment_id, run_name=self.study.name,
+                                     start_time=start_time, tags={
             "study": self.study.name, "run_type": "study",
             "storage": self.study.experiment_path, "objective": OBJECTIVE.metric,
             "objective_mode": OBJECTIVE.mode})
@@ -154,8 +157,10 @@ class Mirror:
         self.experiment_id = self.client.get_run(parent_id).info.experiment_id
 
     def finish(self, best: TrialRecord | None, status: str = "FINISHED",
-               optuna_db: Path | None = None, counts: dict[str, int] | None = None) -> None:
-        """Record the best trial and the Optuna study on the parent run, then close it."""
+               optuna_db: Path | None = None, counts: dict[str, int] | None = None,
+               end_time: int | None = None) -> None:
+        """Record the best trial and the Optuna study on the parent run, then close it (at
+        `end_time`, ms; None: now)."""
         assert self.parent_id is not None
         tags = {f"trials_{k}": str(v) for k, v in (counts or {}).items()}
         if best is not None:
@@ -170,12 +175,13 @@ class Mirror:
         self.client.log_batch(self.parent_id, tags=_tags(tags))
         if optuna_db is not None and optuna_db.is_file():
             self.client.log_artifact(self.parent_id, str(optuna_db), "optuna")
-        self.client.set_terminated(self.parent_id, status)
+        self.client.set_terminated(self.parent_id, status, end_time=end_time)
 
     # -- trials -------------------------------------------------------------------------------
     def apply(self, record: TrialRecord) -> str:
         """Make the trial's child run match `record`; safe to repeat. Returns the run id."""
-        run_id = self._child_run(record.trial_id)
+        started, ended = trial_times(record.results)
+        run_id = self._child_run(record.trial_id, start_time=started)
         run = self.client.get_run(run_id)
         if not run.data.params:
             cfg = self._trial_config(record)
@@ -211,8 +217,9 @@ class Mirror:
         self.client.log_batch(run_id, tags=_tags(tags))
         if record.state != RUNNING:
             self._upload_best_adapter(run_id, record)
-            if run.info.status != _RUN_STATUS.get(record.state):
-                self.client.set_terminated(run_id, _RUN_STATUS[record.state])
+            if run.info.status != _RUN_STATUS.get(record.state) or (
+                    ended is not None and run.info.end_time != ended):
+                self.client.set_terminated(run_id, _RUN_STATUS[record.state], end_time=ended)
         return run_id
 
     def mark_lost(self, known: set[str]) -> list[str]:
@@ -235,7 +242,7 @@ class Mirror:
             lost.append(trial_id)
         return lost
 
-    def _child_run(self, trial_id: str) -> str:
+    def _child_run(self, trial_id: str, start_time: int | None = None) -> str:
         if trial_id in self._runs:
             return self._runs[trial_id]
         assert self.experiment_id is not None and self.parent_id is not None
@@ -245,7 +252,8 @@ class Mirror:
         if found:
             run_id = found[0].info.run_id
         else:
-            run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}", tags={
+            run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}",
+                                            start_time=start_time, tags={
                 "mlflow.parentRunId": self.parent_id, "study": self.study.name,
                 "trial_id": trial_id, "run_type": "trial", "state": RUNNING}).info.run_id
         self._runs[trial_id] = run_id
@@ -276,6 +284,25 @@ class Mirror:
         items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), 90):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run_id, params=items[i:i + 90])
+
+
+def trial_times(results: list[dict[str, Any]]) -> tuple[int | None, int | None]:
+    """(start, end) of a trial in ms since the epoch, from Ray's results; (None, None) without.
+
+    Each result has Ray's `timestamp` (when it was reported, whole seconds) and `time_total_s`
+    (the trial's time up to it, set-up included): the trial started `time_total_s` before
+    its first epoch's report, and its run ends with its last report. A trial retried after a
+    failure counts from its first start. The first epoch decides the start whether the mirror
+    sees one result (live) or all of them (catch-up, tune.sync), so both date a run alike.
+    """
+    stamped = [r for r in results if isinstance(r.get("timestamp"), (int, float))]
+    if not stamped:
+        return None, None
+    first = min(stamped, key=lambda r: (int(r.get("epoch", r.get("training_iteration", 0))),
+                                        float(r["timestamp"])))
+    start = float(first["timestamp"]) - float(first.get("time_total_s") or 0.0)
+    end = max(float(r["timestamp"]) for r in stamped)
+    return int(start * 1000), int(end * 1000)
 
 
 def best_epoch_result(results: list[dict[str, Any]]) -> dict[str, Any]:

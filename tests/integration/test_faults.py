@@ -279,6 +279,16 @@ def test_sync_rebuilds_a_study_in_an_empty_tracking_server_without_duplicates(ti
             assert _steps(fresh_client, run) == _steps(old_client, twin)
             assert run.data.params == twin.data.params
             assert run.data.tags["state"] == twin.data.tags["state"]
+            # Written late, yet dated like the live mirror dated them: from Ray's results.
+            assert (run.info.start_time, run.info.end_time) == (twin.info.start_time,
+                                                                twin.info.end_time)
+        # The study's run is closed at its last trial's end, not left running by the sync.
+        parent = fresh_client.search_runs(
+            [fresh[0].info.experiment_id],
+            filter_string=f"tags.study = '{tiny_study['name']}' and tags.run_type = 'study'")[0]
+        assert parent.info.status == "FINISHED"
+        assert parent.info.start_time == min(r.info.start_time for r in fresh)
+        assert parent.info.end_time == max(r.info.end_time for r in fresh)
     finally:
         server.stop()
 

@@ -311,6 +311,32 @@ def test_runs_of_trials_ray_never_recorded_are_marked_lost(mlflow_server):
     assert {t.trial_id for t in loaded.trials} == {"known", "done"}
 
 
+# -- MLflow run times are the trials' own ---------------------------------------------------------
+
+def test_trial_runs_last_as_long_as_ray_timed_the_trials(tiny_study):
+    """A trial's run starts when the trial did (its first report less Ray's time_total_s)
+    and ends with its last report, not when the mirror first or last wrote it."""
+    _, parents, children = _runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                 tiny_study["name"])
+    dirs = _trial_dirs(tiny_study["storage"], tiny_study["name"])
+    for run in children:
+        results = [json.loads(line) for line in
+                   (dirs[run.data.tags["trial_id"]] / "result.json").read_text().splitlines()]
+        ray_seconds = results[-1]["time_total_s"]
+        seconds = (run.info.end_time - run.info.start_time) / 1000
+        print(f"trial {run.data.tags['trial_id']}: MLflow {seconds:.2f} s, Ray time_total_s "
+              f"{ray_seconds:.2f} s")
+        first = results[0]  # epoch 1
+        assert run.info.start_time == int((first["timestamp"] - first["time_total_s"]) * 1000)
+        assert run.info.end_time == results[-1]["timestamp"] * 1000
+        # Ray stamps results in whole seconds; its time_total_s leaves out the gaps between
+        # epochs, so the run may be longer, never much shorter (it was 64 ms for a 22 s trial).
+        assert seconds > ray_seconds - 1.0, (seconds, ray_seconds)
+    parent = parents[0].info
+    assert parent.start_time <= min(r.info.start_time for r in children)
+    assert parent.end_time >= max(r.info.end_time for r in children)
+
+
 def test_a_validation_split_without_unfair_clauses_fails_before_any_trial(
         tmp_path, monkeypatch, capsys, tiny_model_dir):
     data = tmp_path / "data"
