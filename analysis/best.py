@@ -356,8 +356,26 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"(at 0.5: {m['val']['f1']:.4f})")
     print(f"MLflow: evaluation run {run_id} under study run {study.parent_run_id}; registered "
           f"{args.model_name} version {version} as @{CHAMPION} (models:/{args.model_name}@{CHAMPION})")
+    print("\n".join(_links(args, study, run_id)))
     print(f"export: {export}")
     return 0
+
+
+def _links(args: Any, study: Study, run_id: str) -> list[str]:
+    """Links to the evaluation run and to the study's trials in MLflow's model-training view."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from tune.mlflow_ui import describe_links, label_experiment, run_page, study_page
+
+    if not study.experiment_id:
+        return []
+    uri = args.mlflow_uri or mlflow.get_tracking_uri()
+    # The study's view, for studies mirrored before the mirror saved it.
+    label_experiment(MlflowClient(uri), study.experiment_id, study.name, study.searched)
+    return describe_links(uri, [
+        ("evaluation", run_page(uri, study.experiment_id, run_id)),
+        ("trials", study_page(uri, study.experiment_id, study.name))])
 
 
 def _quiet() -> None:

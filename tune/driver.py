@@ -53,6 +53,8 @@ class StudySummary:
     interrupted: bool = False
     mlflow_synced: bool = True
     counts: dict[str, int] = field(default_factory=dict)
+    trial_run_ids: list[str] = field(default_factory=list)
+    """The MLflow runs of the study's trials (lost ones left out)."""
 
     @property
     def best_result(self) -> dict[str, Any]:
@@ -503,10 +505,11 @@ def _summarize(study: StudyConfig, mirror: Mirror, started: float,
             best = record
     counts = {s: sum(r.state == s for r in records) for s in (COMPLETED, STOPPED, FAILED, RUNNING)}
     interrupted = interrupted or counts[RUNNING] > 0 or len(records) < study.num_trials
-    synced, best_run = True, None
+    synced, best_run, run_ids = True, None, []
     try:
         for record in records:
             run_id = mirror.apply(record)
+            run_ids.append(run_id)
             if best is not None and record.trial_id == best.trial_id:
                 best_run = run_id
         for trial_id in mirror.mark_lost({r.trial_id for r in records}):
@@ -528,5 +531,6 @@ def _summarize(study: StudyConfig, mirror: Mirror, started: float,
                         parent_run_id=mirror.parent_id or "",
                         experiment_id=mirror.experiment_id or "", best_run_id=best_run,
                         seconds=time.time() - started, trial_seconds=trial_seconds,
-                        interrupted=interrupted, mlflow_synced=synced, counts=counts)
+                        interrupted=interrupted, mlflow_synced=synced, counts=counts,
+                        trial_run_ids=run_ids)
 

@@ -131,6 +131,7 @@ class Mirror:
         exp = self.client.get_experiment_by_name(self.study.experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
             self.study.experiment)
+        self._label_experiment()
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.study = '{self.study.name}' and tags.run_type = 'study'")
@@ -150,6 +151,13 @@ class Mirror:
         self._log_params(self.parent_id, {f"study.{k}": v for k, v in self.study.to_dict().items()
                                           if k not in ("address", "mlflow_uri")})
         return self.parent_id
+
+    def _label_experiment(self) -> None:
+        """Make MLflow's UI open the experiment as model training, with the study's view."""
+        from tune.mlflow_ui import label_experiment
+
+        assert self.experiment_id is not None
+        label_experiment(self.client, self.experiment_id, self.study.name, self.study.searched)
 
     def attach(self, parent_id: str) -> None:
         """Use an existing parent run (the study was started before)."""
@@ -364,7 +372,13 @@ def _metrics(values: dict[str, float], step: int, timestamp: int | None = None) 
     from mlflow.entities import Metric
 
     stamp = timestamp if timestamp is not None else int(time.time() * 1000)
-    return [Metric(k, float(v), stamp, step) for k, v in sorted(values.items())]
+    return [Metric(k, float(v), stamp, step) for k, v in sorted(values.items(), key=_metric_order)]
+
+
+def _metric_order(item: tuple[str, float]) -> tuple[bool, bool, str]:
+    # The objective first, then its running best: MLflow lists a run's metrics in the order
+    # they were first logged, and its compare page plots the first one (see tune.mlflow_ui).
+    return item[0] != OBJECTIVE.metric, item[0] != BEST_METRIC, item[0]
 
 
 def _tags(values: dict[str, str]) -> list[Any]:
