@@ -28,6 +28,7 @@ from tune.mirror import (
     best_epoch_result,
     check_tracking_uri,
 )
+from tune.preflight import check_storage, make_store_folder
 from tune.results import list_checkpoints, load_records, read_study_file, write_study_file
 from tune.space import search_space
 from tune.study import SEARCHED, StudyConfig
@@ -421,6 +422,7 @@ def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False) -> St
     # directory must reach the same store.
     study = study.replace(mlflow_uri=study.tracking_uri)
     check_tracking_uri(study.tracking_uri)
+    check_storage(study.storage_uri)
     check_trial_inputs(study, base)
     stored = read_study_file(study.experiment_path)
     if stored is not None and not resume:
@@ -429,11 +431,17 @@ def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False) -> St
     if resume and stored is None:
         raise UserError(f"--resume: no study at {study.experiment_path}")
     connect(study)
+    mirror: Mirror | None = None
     try:
         gpus = resolve_gpus(study)
+        make_store_folder(study.tracking_uri)
         mirror = Mirror(study, base)
         parent_id = mirror.start(resume=resume)
-        write_study_file(study, base, parent_id)
+        try:
+            write_study_file(study, base, parent_id)
+        except OSError as e:  # storage that passed check_storage but failed (full, revoked)
+            raise UserError(f"storage_path {study.storage_path}: cannot write the study file "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         log.info("study %s: %d trials, %d at a time, %s; results in %s; MLflow parent "
                  "run %s", study.name, study.num_trials, study.max_concurrent,
                  describe_resources(study, gpus), study.experiment_path, parent_id)
@@ -445,8 +453,32 @@ def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False) -> St
         except KeyboardInterrupt:
             interrupted = True
         return _summarize(study, mirror, started, interrupted)
+    except BaseException:
+        if mirror is not None and not resume:
+            _discard_unstarted(study, mirror)
+        raise
     finally:
         ray.shutdown()
+
+
+def _discard_unstarted(study: StudyConfig, mirror: Mirror) -> None:
+    """After a failure before the first trial: delete the parent run and the study file this
+    call made, so the study leaves nothing behind and a new one of its name may start."""
+    import pyarrow.fs as pafs
+
+    from tune.results import STUDY_FILE
+
+    location = f"{study.experiment_path}/{STUDY_FILE}"
+    try:
+        if not mirror.discard_unstarted():
+            return
+        fs, path = (pafs.FileSystem.from_uri(location) if study.is_remote_storage
+                    else (pafs.LocalFileSystem(), location))
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            fs.delete_file(path)
+    except Exception as e:  # the failure being raised matters more than this clean-up
+        log.warning("could not remove the unstarted study's MLflow run or study file (%s)",
+                    str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
 
 
 def _absolute_paths(base: TrialConfig) -> TrialConfig:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -101,9 +100,13 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
             reason = getattr(e, "reason", e)
             raise UserError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
     elif uri.startswith("sqlite:///"):
+        from tune.preflight import folder_problem
+
+        # A missing folder is fine if it can be made: the driver makes it (tune.preflight).
         parent = Path(uri[len("sqlite:///"):]).parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise UserError(f"MLflow store {uri}: folder {parent} is missing or not writable")
+        problem = folder_problem(parent)
+        if problem:
+            raise UserError(f"MLflow store {uri}: folder {parent}: {problem}")
     elif uri.startswith("file:") or "://" not in uri:
         raise UserError(f"MLflow tracking URI {uri}: use http(s)://host:port or sqlite:///path "
                         f"(MLflow 3 no longer writes file stores)")
@@ -122,6 +125,8 @@ class Mirror:
         self.parent_id: str | None = None
         self._runs: dict[str, str] = {}
         self._uploaded: dict[str, int] = {}
+        self.created_parent = False
+        """Whether start() created the parent run (rather than finding it)."""
 
     # -- study --------------------------------------------------------------------------------
     def start(self, resume: bool, start_time: int | None = None) -> str:
@@ -135,6 +140,8 @@ class Mirror:
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.study = '{self.study.name}' and tags.run_type = 'study'")
+        if not resume:
+            found = [run for run in found if not self._discard_if_never_started(run)]
         if found and not resume:
             raise UserError(f"MLflow experiment {self.study.experiment!r} already has a study "
                             f"named {self.study.name!r}; pass --resume or another --name")
@@ -148,6 +155,7 @@ class Mirror:
             "storage": self.study.experiment_path, "objective": OBJECTIVE.metric,
             "objective_mode": OBJECTIVE.mode})
         self.parent_id = run.info.run_id
+        self.created_parent = True
         self._log_params(self.parent_id, {f"study.{k}": v for k, v in self.study.to_dict().items()
                                           if k not in ("address", "mlflow_uri")})
         return self.parent_id
@@ -158,6 +166,38 @@ class Mirror:
 
         assert self.experiment_id is not None
         label_experiment(self.client, self.experiment_id, self.study.name, self.study.searched)
+
+    def _discard_if_never_started(self, run: Any) -> bool:
+        """Delete a parent run left by a study that never started, so that it does not block a
+        new study of that name: no trial run under it, and no study file where it pointed."""
+        from tune.results import STUDY_FILE
+
+        if self.trial_run_ids(run.info.run_id):
+            return False
+        storage = run.data.tags.get("storage")
+        if storage and read_json(f"{storage.rstrip('/')}/{STUDY_FILE}") is not None:
+            return False
+        log.warning("MLflow run %s of study %s never started a trial; deleting it",
+                    run.info.run_id, self.study.name)
+        self.client.delete_run(run.info.run_id)
+        return True
+
+    def trial_run_ids(self, parent_id: str | None = None) -> list[str]:
+        """The trial runs under the study's parent run (this mirror's, unless given)."""
+        parent_id = parent_id or self.parent_id
+        assert self.experiment_id is not None
+        runs = self.client.search_runs(
+            [self.experiment_id], max_results=5000,
+            filter_string=f"tags.study = '{self.study.name}' and tags.run_type = 'trial'")
+        return [r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+    def discard_unstarted(self) -> bool:
+        """Delete the parent run this mirror created if no trial ran under it (a study that
+        failed before its first trial leaves no MLflow run behind); True if deleted."""
+        if not self.created_parent or self.parent_id is None or self.trial_run_ids():
+            return False
+        self.client.delete_run(self.parent_id)
+        return True
 
     def attach(self, parent_id: str) -> None:
         """Use an existing parent run (the study was started before)."""

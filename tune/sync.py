@@ -33,6 +33,7 @@ def sync(study: StudyConfig) -> tuple[int, str]:
         check_tracking_uri,
         trial_times,
     )
+    from tune.preflight import make_store_folder
     from tune.results import load_records, read_study_file
 
     stored = read_study_file(study.experiment_path)
@@ -46,6 +47,7 @@ def sync(study: StudyConfig) -> tuple[int, str]:
     times = [trial_times(r.results) for r in records]
     starts = [start for start, _ in times if start is not None]
     ends = [end for _, end in times if end is not None]
+    make_store_folder(target.tracking_uri)
     mirror = Mirror(target, base)
     parent = mirror.start(resume=True, start_time=min(starts, default=None))
     for record in records:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, cli_env, error_lines, run_study_cli, tiny_study_args
+from trainable.errors import UserError
 from tune.mirror import BEST_METRIC, COMPLETED, FAILED, STOPPED
 
 pytestmark = pytest.mark.integration
@@ -335,6 +336,100 @@ def test_trial_runs_last_as_long_as_ray_timed_the_trials(tiny_study):
     parent = parents[0].info
     assert parent.start_time <= min(r.info.start_time for r in children)
     assert parent.end_time >= max(r.info.end_time for r in children)
+
+
+# -- storage and tracking checked before anything is written ---------------------------------------
+
+@pytest.mark.parametrize("where", ["/proc/nope", "under a file"])
+def test_unwritable_storage_is_refused_before_mlflow_or_ray_is_touched(
+        where, tmp_path, monkeypatch, capsys, tiny_model_dir, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    if where == "under a file":
+        (tmp_path / "file").write_text("not a folder")
+        where = str(tmp_path / "file" / "runs")
+    elif not Path("/proc").is_dir():
+        pytest.skip("no /proc on this machine")
+    monkeypatch.chdir(tmp_path)
+    experiment = f"tests-storage-{abs(hash(where))}"
+    code, err = _main(["--smoke", "--model", tiny_model_dir, "--mlflow-uri", mlflow_server.uri,
+                       "--experiment", experiment, "--storage-path", where], capsys)
+    assert code == 2, err[-2000:]
+    lines = error_lines(err)
+    assert len(lines) == 1 and f"storage_path {where}" in lines[0], err[-2000:]
+    assert "Traceback" not in err
+    assert MlflowClient(mlflow_server.uri).get_experiment_by_name(experiment) is None
+
+
+def test_a_failure_before_the_first_trial_leaves_no_mlflow_run_behind(tmp_path, tiny_model_dir,
+                                                                      mlflow_server):
+    """The study file cannot be written after the parent run was made (here: a folder sits
+    where its temporary file goes): one line, exit 2, the run deleted, the name free."""
+    from trainable.config import TrialConfig
+    from tune.mirror import Mirror
+    from tune.study import StudyConfig
+
+    name, experiment = "unwritten", "tests-unstarted"
+    (tmp_path / "runs" / name / ".study.json.tmp").mkdir(parents=True)
+    proc = run_study_cli("--name", name, "--model", tiny_model_dir, "--data", "demo",
+                         "--max-lengths", "32", "64", "--mlflow-uri", mlflow_server.uri,
+                         "--experiment", experiment, "--storage-path", tmp_path / "runs",
+                         cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "cannot write the study file" in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    _, parents, children = _runs(mlflow_server.uri, experiment, name)  # active runs only
+    assert parents == [] and children == []
+    assert not (tmp_path / "runs" / name / "study.json").exists()
+    study = StudyConfig(name=name, experiment=experiment, mlflow_uri=mlflow_server.uri,
+                        storage_path=str(tmp_path / "elsewhere"))
+    assert Mirror(study, TrialConfig()).start(resume=False)  # the name is not taken
+
+
+def test_a_study_run_left_by_a_study_that_never_started_does_not_block_a_new_one(
+        mlflow_server, tmp_path):
+    """What an earlier version left after `--storage-path /proc/nope` (a parent run, no trial,
+    no study file) is deleted by the next start; a study that did start stays protected."""
+    from mlflow.tracking import MlflowClient
+
+    from trainable.config import TrialConfig
+    from tune.mirror import Mirror, TrialRecord
+    from tune.study import StudyConfig
+
+    def study(storage: str) -> StudyConfig:
+        return StudyConfig(name="smoke", experiment="tests-never-started",
+                           mlflow_uri=mlflow_server.uri, storage_path=storage)
+
+    client = MlflowClient(mlflow_server.uri)
+    left = Mirror(study("/proc/nope"), TrialConfig()).start(resume=False)
+    fresh = Mirror(study(str(tmp_path / "runs")), TrialConfig())
+    new = fresh.start(resume=False)
+    assert new != left and client.get_run(left).info.lifecycle_stage == "deleted"
+    # A study with a study file, or with a trial run, is a real one: refused without --resume.
+    (tmp_path / "runs" / "smoke").mkdir(parents=True)
+    (tmp_path / "runs" / "smoke" / "study.json").write_text("{}")
+    with pytest.raises(UserError, match="pass --resume"):
+        Mirror(study(str(tmp_path / "elsewhere")), TrialConfig()).start(resume=False)
+    (tmp_path / "runs" / "smoke" / "study.json").unlink()
+    fresh.apply(TrialRecord("t1", {"lr": 1e-3, "lora_rank": 4, "max_length": 64,
+                                   "batch_size": 16}, [{"epoch": 1, "val/f1": 0.5}]))
+    with pytest.raises(UserError, match="pass --resume"):
+        Mirror(study(str(tmp_path / "elsewhere")), TrialConfig()).start(resume=False)
+    assert client.get_run(new).info.lifecycle_stage == "active"
+
+
+def test_a_missing_sqlite_folder_is_made_only_after_every_check_passed(tmp_path, monkeypatch,
+                                                                       capsys, tiny_model_dir):
+    """The BENCHMARKS form `--mlflow-uri sqlite:///$PWD/runs/quality/mlflow.db` on a fresh
+    checkout: the folder is not an error; a study refused for another reason makes nothing."""
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "runs" / "quality" / "mlflow.db"
+    code, err = _main(["--model", tiny_model_dir, "--max-lengths", "32", "64", "--data-dir",
+                       tmp_path / "nodata", "--mlflow-uri", f"sqlite:///{store}",
+                       "--storage-path", "runs/quality"], capsys)
+    assert code == 2 and "nodata" in error_lines(err)[0], err[-2000:]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_validation_split_without_unfair_clauses_fails_before_any_trial(
