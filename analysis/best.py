@@ -150,8 +150,10 @@ def evaluate(adapter_dir: Path, data: str | None) -> tuple[Evaluation, Any, Any]
 
     Returns (evaluation without study fields, tokenizer, probabilities by split). The train
     split is the one the trial trained on (same subsample); validation and test are whole.
+    Scoring shows a progress bar on a terminal.
     """
     from analysis.evaluate import binary_metrics, f1_optimal_threshold, tfidf_baseline
+    from trainable.cli import progress_bar
     from trainable.data import load_splits
     from trainable.inference import inference_precision, load_trained, predict_proba
 
@@ -160,9 +162,13 @@ def evaluate(adapter_dir: Path, data: str | None) -> tuple[Evaluation, Any, Any]
     splits = load_splits(data_cfg, with_test=True)
     device = next(model.parameters()).device.type
     precision = inference_precision(cfg, device)
-    probs = {name: predict_proba(model, tokenizer, frame["text"].tolist(), cfg.max_length,
-                                 batch_size=max(32, cfg.batch_size), precision=precision)
-             for name, frame in (("val", splits.validation), ("test", splits.test))}
+    scored = (("val", splits.validation), ("test", splits.test))
+    with progress_bar(sum(len(frame) for _, frame in scored), "evaluating on validation and test",
+                      "clause") as bar:
+        probs = {name: predict_proba(model, tokenizer, frame["text"].tolist(), cfg.max_length,
+                                     batch_size=max(32, cfg.batch_size), precision=precision,
+                                     progress=bar.update)
+                 for name, frame in scored}
     labels = {"val": splits.validation["label"].to_numpy(), "test": splits.test["label"].to_numpy()}
     threshold, tuned_f1 = f1_optimal_threshold(labels["val"], probs["val"])
     baseline = tfidf_baseline(splits.train, splits.validation, splits.test, seed=cfg.seed)

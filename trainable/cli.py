@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -13,3 +13,14 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def progress_bar(total: int, desc: str, unit: str, quiet: bool = False) -> Any:
+    """A tqdm bar on stderr for long work, shown only to a person at a terminal: hidden when
+    stdout or stderr is not a terminal (logs, pipes, tests) or when `quiet` (e.g. --json);
+    erased when done."""
+    from tqdm import tqdm
+
+    shown = not quiet and sys.stdout.isatty() and sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit=unit, disable=not shown, leave=False,
+                file=sys.stderr, dynamic_ncols=True)

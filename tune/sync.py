@@ -23,7 +23,9 @@ def sync(study: StudyConfig) -> tuple[int, str]:
 
     Runs get the trials' own start and end times; the study's run is closed at its last
     trial's end once no trial runs (left open while one does: the study may be going on).
+    A progress bar shows the catch-up on a terminal.
     """
+    from trainable.cli import progress_bar
     from tune.mirror import (
         COMPLETED,
         FAILED,
@@ -50,8 +52,10 @@ def sync(study: StudyConfig) -> tuple[int, str]:
     make_store_folder(target.tracking_uri)
     mirror = Mirror(target, base)
     parent = mirror.start(resume=True, start_time=min(starts, default=None))
-    for record in records:
-        mirror.apply(record)
+    with progress_bar(len(records), "mirroring trials", "trial") as bar:
+        for record in records:
+            mirror.apply(record)
+            bar.update(1)
     mirror.mark_lost({r.trial_id for r in records})
     if not any(r.state == RUNNING for r in records):
         counts = {s: sum(r.state == s for r in records) for s in (COMPLETED, STOPPED, FAILED)}

@@ -22,6 +22,7 @@ from tests.conftest import (
     MlflowServer,
     cli_env,
     run_cli,
+    run_in_terminal,
     run_study_cli,
     tiny_study_args,
 )
@@ -291,6 +292,24 @@ def test_sync_rebuilds_a_study_in_an_empty_tracking_server_without_duplicates(ti
         assert parent.info.end_time == max(r.info.end_time for r in fresh)
     finally:
         server.stop()
+
+
+def test_sync_shows_progress_on_a_terminal_and_makes_a_missing_sqlite_folder(tiny_study,
+                                                                            tmp_path):
+    """A person syncing into a new local store sees the catch-up advance; the store's folder
+    (missing, as `runs/<x>/` on a fresh checkout) is made."""
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "runs" / "fresh" / "mlflow.db"
+    code, shown = run_in_terminal(
+        [sys.executable, "-m", "tune.sync", "--name", tiny_study["name"], "--storage-path",
+         str(tiny_study["storage"]), "--mlflow-uri", f"sqlite:///{store}"], timeout=600)
+    assert code == 0, shown[-3000:]
+    assert "mirroring trials" in shown and "/6" in shown, shown[-3000:]
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name(tiny_study["experiment"])
+    runs = client.search_runs([experiment.experiment_id], "tags.run_type = 'trial'")
+    assert len(runs) == 6
 
 
 def test_sync_without_a_study_is_a_one_line_error(tmp_path):
