@@ -14,13 +14,14 @@ under the study's parent run (run_type `evaluation`); the model is registered wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,10 +248,7 @@ def log_and_register(client: Any, study: Study, evaluation: Evaluation, plots: l
         for path in plots:
             mlflow.log_artifact(str(path), "evaluation")
         mlflow.log_dict(evaluation.to_dict(), "evaluation/evaluation.json")
-        with warnings.catch_warnings():
-            # The model takes raw clauses as a list or a DataFrame column; a typed signature
-            # would pin one of the two, so MLflow's advice to add type hints is declined.
-            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+        with _without_type_hint_advice():
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(PYFUNC_CODE),
                 artifacts={"export": str(export_dir)}, pip_requirements=_requirements())
@@ -259,6 +257,23 @@ def log_and_register(client: Any, study: Study, evaluation: Evaluation, plots: l
         client.set_registered_model_alias(model_name, CHAMPION, version.version)
         mlflow.set_tags({"registered_model": model_name, "model_version": version.version})
         return run.info.run_id, str(version.version)
+
+
+@contextlib.contextmanager
+def _without_type_hint_advice() -> Iterator[None]:
+    """Keep MLflow's "Add type hints to the `predict` method" UserWarning off the console.
+
+    The model takes raw clauses as a list or a DataFrame column; a typed signature would pin
+    one of the two, so the advice is declined. MLflow issues it under its own
+    `simplefilter("once", UserWarning)` (mlflow.utils.annotations.filter_user_warnings_once),
+    which outranks any filter set here; so the block's warnings are recorded instead of
+    shown, and all the others shown afterwards.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    for w in caught:
+        if "type hints to the `predict` method" not in str(w.message):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _requirements() -> list[str]:
@@ -332,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow would print its own links to the evaluation run (in its GenAI view); main()
+    # prints links to the model-training view instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     _quiet()
     if args.mlflow_uri:
         import mlflow
@@ -387,6 +405,8 @@ def _links(args: Any, study: Study, run_id: str) -> list[str]:
 def _quiet() -> None:
     import logging
     import warnings
+
+    import mlflow  # noqa: F401  (configures its loggers on import; set levels after)
 
     from trainable.train import configure_logging
 

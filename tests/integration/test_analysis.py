@@ -264,6 +264,15 @@ def test_export_loads_offline_and_predict_reads_a_models_uri(best, tiny_study, t
     assert set(first) == {"file", "index", "text", "normalized", "probability"}
 
 
+def test_best_prints_no_mlflow_warning_nor_colour_codes_nor_genai_links(best):
+    """MLflow's "Add type hints to the `predict` method" UserWarning (colour-coded, under
+    MLflow's own warnings filter) and its "View run ... at" links stay off the console."""
+    out, err = best["proc"].stdout, best["proc"].stderr
+    assert "type hints" not in err and "\x1b[" not in err + out, err[-2000:]
+    assert "View run" not in out and "View experiment" not in out, out[-2000:]
+    assert "workflowType=machine_learning" in out
+
+
 def test_best_shows_its_evaluation_progress_on_a_terminal_only(best, tiny_study, tmp_path):
     assert "evaluating on validation and test" not in best["proc"].stderr  # piped: silent
     code, shown = run_in_terminal(
