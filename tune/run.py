@@ -206,6 +206,17 @@ def quiet_libraries() -> None:
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
 
 
+def hide_ray_resume_hint() -> None:
+    """Keep Ray's "Resume experiment with: Tuner.restore(...)" off the console after Ctrl-C:
+    it is Ray's Python API, not this tool's command, which main() prints instead."""
+    import logging
+
+    # Ray logs it once, as a warning of `ray.tune.tune` (ray/tune/tune.py, run()), with no
+    # switch of its own; a filter on that logger drops just that record.
+    logging.getLogger("ray.tune.tune").addFilter(
+        lambda record: "Tuner.restore(" not in record.getMessage())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the study the flags describe; print the best trial."""
     configure_logging()
@@ -221,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     quiet_libraries()
+    hide_ray_resume_hint()
     try:
         study, base, resume = parse_args(argv)
         # Before anything imports ray: it reads $RAY_AUTH_MODE once, on import.

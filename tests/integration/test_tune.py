@@ -174,6 +174,9 @@ def test_resume_after_an_interruption_adds_no_duplicate_run(warm_tiny_model_dir,
     lines.append(rest)
     first_out = "".join(lines)
     assert proc.returncode == 130, first_out[-3000:]
+    # This tool's resume command, not Ray's Python one.
+    assert f"continue it with: python tune/run.py --resume --name {name}" in first_out
+    assert "Tuner.restore" not in first_out, first_out[-3000:]
     finished = set(re.findall(r"trial (\S+) completed after", first_out))
     assert finished
 
