@@ -14,13 +14,14 @@ under the study's parent run (run_type `evaluation`); the model is registered wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,8 +152,10 @@ def evaluate(adapter_dir: Path, data: str | None) -> tuple[Evaluation, Any, Any]
 
     Returns (evaluation without study fields, tokenizer, probabilities by split). The train
     split is the one the trial trained on (same subsample); validation and test are whole.
+    Scoring shows a progress bar on a terminal.
     """
     from analysis.evaluate import binary_metrics, f1_optimal_threshold, tfidf_baseline
+    from trainable.cli import progress_bar
     from trainable.data import load_splits
     from trainable.inference import inference_precision, load_trained, predict_proba
 
@@ -161,9 +164,13 @@ def evaluate(adapter_dir: Path, data: str | None) -> tuple[Evaluation, Any, Any]
     splits = load_splits(data_cfg, with_test=True)
     device = next(model.parameters()).device.type
     precision = inference_precision(cfg, device)
-    probs = {name: predict_proba(model, tokenizer, frame["text"].tolist(), cfg.max_length,
-                                 batch_size=max(32, cfg.batch_size), precision=precision)
-             for name, frame in (("val", splits.validation), ("test", splits.test))}
+    scored = (("val", splits.validation), ("test", splits.test))
+    with progress_bar(sum(len(frame) for _, frame in scored), "evaluating on validation and test",
+                      "clause") as bar:
+        probs = {name: predict_proba(model, tokenizer, frame["text"].tolist(), cfg.max_length,
+                                     batch_size=max(32, cfg.batch_size), precision=precision,
+                                     progress=bar.update)
+                 for name, frame in scored}
     labels = {"val": splits.validation["label"].to_numpy(), "test": splits.test["label"].to_numpy()}
     threshold, tuned_f1 = f1_optimal_threshold(labels["val"], probs["val"])
     baseline = tfidf_baseline(splits.train, splits.validation, splits.test, seed=cfg.seed)
@@ -245,10 +252,7 @@ def log_and_register(client: Any, study: Study, evaluation: Evaluation, plots: l
         for path in plots:
             mlflow.log_artifact(str(path), "evaluation")
         mlflow.log_dict(evaluation.to_dict(), "evaluation/evaluation.json")
-        with warnings.catch_warnings():
-            # The model takes raw clauses as a list or a DataFrame column; a typed signature
-            # would pin one of the two, so MLflow's advice to add type hints is declined.
-            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+        with _without_type_hint_advice():
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(PYFUNC_CODE),
                 artifacts={"export": str(export_dir)}, pip_requirements=_requirements())
@@ -257,6 +261,23 @@ def log_and_register(client: Any, study: Study, evaluation: Evaluation, plots: l
         client.set_registered_model_alias(model_name, CHAMPION, version.version)
         mlflow.set_tags({"registered_model": model_name, "model_version": version.version})
         return run.info.run_id, str(version.version)
+
+
+@contextlib.contextmanager
+def _without_type_hint_advice() -> Iterator[None]:
+    """Keep MLflow's "Add type hints to the `predict` method" UserWarning off the console.
+
+    The model takes raw clauses as a list or a DataFrame column; a typed signature would pin
+    one of the two, so the advice is declined. MLflow issues it under its own
+    `simplefilter("once", UserWarning)` (mlflow.utils.annotations.filter_user_warnings_once),
+    which outranks any filter set here; so the block's warnings are recorded instead of
+    shown, and all the others shown afterwards.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    for w in caught:
+        if "type hints to the `predict` method" not in str(w.message):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _requirements() -> list[str]:
@@ -330,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow would print its own links to the evaluation run (in its GenAI view); main()
+    # prints links to the model-training view instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     _quiet()
     if args.mlflow_uri:
         import mlflow
@@ -360,13 +384,33 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"(at 0.5: {m['val']['f1']:.4f})")
     print(f"MLflow: evaluation run {run_id} under study run {study.parent_run_id}; registered "
           f"{args.model_name} version {version} as @{CHAMPION} (models:/{args.model_name}@{CHAMPION})")
+    print("\n".join(_links(args, study, run_id)))
     print(f"export: {export}")
     return 0
+
+
+def _links(args: Any, study: Study, run_id: str) -> list[str]:
+    """Links to the evaluation run and to the study's trials in MLflow's model-training view."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from tune.mlflow_ui import describe_links, label_experiment, run_page, study_page
+
+    if not study.experiment_id:
+        return []
+    uri = args.mlflow_uri or mlflow.get_tracking_uri()
+    # The study's view, for studies mirrored before the mirror saved it.
+    label_experiment(MlflowClient(uri), study.experiment_id, study.name, study.searched)
+    return describe_links(uri, [
+        ("evaluation", run_page(uri, study.experiment_id, run_id)),
+        ("trials", study_page(uri, study.experiment_id, study.name))])
 
 
 def _quiet() -> None:
     import logging
     import warnings
+
+    import mlflow  # noqa: F401  (configures its loggers on import; set levels after)
 
     from trainable.cli import configure_logging
 

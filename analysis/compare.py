@@ -127,8 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{best.best[0]}")
     if study.source == "mlflow" and any(t.seconds is not None for t in study.trials) and not (
             study.storage and Path(study.storage).is_dir()):
-        print("durations: MLflow run times, from each trial's first report (pass "
-              "--storage-path for Ray's full trial times)")
+        print("durations: MLflow run times (pass --storage-path for Ray's trial times)")
     for t in study.trials:
         if t.error:
             print(f"trial {t.trial_id} failed: {t.error[:300]}")
@@ -139,7 +138,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {path}")
     if result["logged"]:
         print(f"logged to MLflow run {study.parent_run_id} under {ANALYSIS_ARTIFACTS}/")
+    if client is not None:
+        print("\n".join(study_links_lines(client, study)))
     return 0
+
+
+def study_links_lines(client: Any, study: Study) -> list[str]:
+    """Lines with links to the study in MLflow's UI (model-training view); saves the study's
+    view on the experiment first, for studies mirrored before it existed."""
+    from tune.mlflow_ui import describe_links, label_experiment, study_links
+
+    if not study.experiment_id:
+        return []
+    label_experiment(client, study.experiment_id, study.name, study.searched)
+    best = study.best_trial()
+    links = study_links(client.tracking_uri, study.experiment_id, study.name,
+                        [t.run_id for t in study.trials if t.run_id],
+                        best.run_id if best is not None else None)
+    return ["MLflow:", *describe_links(client.tracking_uri, links)]
 
 
 def _quiet() -> None:

@@ -66,9 +66,11 @@ def decode_document(name: str, raw: bytes) -> str:
 
 
 def score_documents(documents: dict[str, str], model: Any, tokenizer: Any, cfg: Any,
-                    precision: str | None = None) -> list[Flagged]:
-    """Every clause of every document with its P(unfair), in document order."""
+                    precision: str | None = None, quiet: bool = False) -> list[Flagged]:
+    """Every clause of every document with its P(unfair), in document order; a progress bar
+    on a terminal while a long document is scored (unless `quiet`)."""
     from analysis.clauses import split_clauses
+    from trainable.cli import progress_bar
     from trainable.inference import predict_proba
     from trainable.text import normalize
 
@@ -78,8 +80,9 @@ def score_documents(documents: dict[str, str], model: Any, tokenizer: Any, cfg: 
         if not clauses:
             raise UserError(f"{name}: no clauses found")
         rows += [(name, i, clause, normalize(clause)) for i, clause in enumerate(clauses)]
-    probs = predict_proba(model, tokenizer, [r[3] for r in rows], cfg.max_length,
-                          precision=precision)
+    with progress_bar(len(rows), "scoring clauses", "clause", quiet=quiet) as bar:
+        probs = predict_proba(model, tokenizer, [r[3] for r in rows], cfg.max_length,
+                              precision=precision, progress=bar.update)
     return [Flagged(*row, probability=float(p)) for row, p in zip(rows, probs, strict=True)]
 
 
@@ -129,7 +132,8 @@ def run(args: Any) -> tuple[list[Flagged], list[Flagged], float, str]:
         model, tokenizer, cfg = load_trained(folder)
         threshold = args.threshold if args.threshold is not None else read_threshold(folder)
         precision = inference_precision(cfg, next(model.parameters()).device.type)
-        scored = score_documents(documents, model, tokenizer, cfg, precision)
+        scored = score_documents(documents, model, tokenizer, cfg, precision,
+                                 quiet=args.json)
     return scored, flagged(scored, threshold, args.top), threshold, str(args.model)
 
 

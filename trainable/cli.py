@@ -98,3 +98,14 @@ def _flag_spec(annotation: Any) -> dict[str, Any]:
     if annotation in (int, float):
         return {"type": annotation, "metavar": "N" if annotation is int else "X"}
     return {"type": str}
+
+
+def progress_bar(total: int, desc: str, unit: str, quiet: bool = False) -> Any:
+    """A tqdm bar on stderr for long work, shown only to a person at a terminal: hidden when
+    stdout or stderr is not a terminal (logs, pipes, tests) or when `quiet` (e.g. --json);
+    erased when done."""
+    from tqdm import tqdm
+
+    shown = not quiet and sys.stdout.isatty() and sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit=unit, disable=not shown, leave=False,
+                file=sys.stderr, dynamic_ncols=True)

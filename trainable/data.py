@@ -54,7 +54,32 @@ def load_splits(cfg: TrialConfig, with_test: bool | None = None) -> Splits:
     limits = {"train": cfg.max_train_samples, "validation": cfg.max_eval_samples,
               "test": cfg.max_eval_samples}
     frames = {s: subsample(df, limits[s], cfg.seed) for s, df in frames.items()}
+    check_classes(frames, cfg.data)
     return Splits(train=frames["train"], validation=frames["validation"], test=frames.get("test"))
+
+
+# Why a split without one of the classes is refused: (no unfair clause, no fair clause).
+_ONE_CLASS = {
+    "train": ("the model would never see an unfair clause",
+              "the model would never see a fair clause"),
+    "validation": ("F1 of the unfair class would be 0 for every trial",
+                   "flagging every clause would score F1 1.0, so val/f1 could not rank trials"),
+    "test": ("test F1 of the unfair class would be 0 whatever the model",
+             "the test metrics could not count a single false alarm"),
+}
+
+
+def check_classes(frames: dict[str, pd.DataFrame], source: str) -> None:
+    """Refuse a split without both classes (one line naming the split and its counts): a
+    study on it trains quietly towards a meaningless val/f1."""
+    for split, df in frames.items():
+        unfair = int(df["label"].sum())
+        fair = len(df) - unfair
+        if unfair and fair:
+            continue
+        why = _ONE_CLASS.get(split, _ONE_CLASS["validation"])[0 if not unfair else 1]
+        raise UserError(f"data {source}: {split} split has {unfair:,} unfair and {fair:,} fair "
+                        f"clauses: {why}")
 
 
 def find_split_file(data_dir: Path, split: str) -> Path:

@@ -9,7 +9,7 @@ base model that was a local folder, a copy of it under `base_model/`.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +105,13 @@ def inference_precision(cfg: TrialConfig, device: str) -> str:
 
 
 def predict_proba(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
-                  batch_size: int = 32, precision: str | None = None) -> np.ndarray:
+                  batch_size: int = 32, precision: str | None = None,
+                  progress: Callable[[int], Any] | None = None) -> np.ndarray:
     """P(unfair) for each text, in input order.
 
     Batches hold texts of similar length, each padded to its longest; `precision` is the
     Lightning precision to autocast to (None: the compute dtype the model was quantized
-    with, else fp32).
+    with, else fp32). `progress` is called with the number of texts of each batch done.
     """
     texts = list(texts)
     probs = np.zeros(len(texts), dtype=np.float64)
@@ -129,6 +130,8 @@ def predict_proba(model: Any, tokenizer: Any, texts: Sequence[str], max_length: 
                                                     enabled=dtype is not None):
             logits = model(**batch).logits.float()
         probs[ids] = torch.softmax(logits, dim=-1)[:, 1].cpu().numpy()
+        if progress is not None:
+            progress(len(ids))
     return probs
 
 

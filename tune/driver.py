@@ -17,6 +17,7 @@ from trainable.config import OBJECTIVE, TrialConfig
 from trainable.errors import UserError, first_line
 from tune.callbacks import MirrorCallback, ProgressPrinter
 from tune.mirror import Mirror
+from tune.preflight import check_storage, make_store_folder
 from tune.records import (
     COMPLETED,
     FAILED,
@@ -26,6 +27,7 @@ from tune.records import (
     best_checkpoint,
     best_trial,
     check_tracking_uri,
+    delete_study_json,
     read_trials,
 )
 from tune.resources import connect, data_parallel, describe_resources, resolve_gpus, trial_resources
@@ -53,6 +55,8 @@ class StudySummary:
     interrupted: bool = False
     mlflow_synced: bool = True
     counts: dict[str, int] = field(default_factory=dict)
+    trial_run_ids: list[str] = field(default_factory=list)
+    """The MLflow runs of the study's trials (lost ones left out)."""
 
     @property
     def best_result(self) -> dict[str, Any]:
@@ -120,6 +124,7 @@ def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False) -> St
     # directory must reach the same store.
     study = study.replace(mlflow_uri=study.tracking_uri)
     check_tracking_uri(study.tracking_uri)
+    check_storage(study.storage_uri)
     check_trial_inputs(study, base)
     stored = read_study_file(study.experiment_path)
     if stored is not None and not resume:
@@ -128,11 +133,17 @@ def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False) -> St
     if resume and stored is None:
         raise UserError(f"--resume: no study at {study.experiment_path}")
     connect(study)
+    mirror: Mirror | None = None
     try:
         gpus = resolve_gpus(study)
+        make_store_folder(study.tracking_uri)
         mirror = Mirror(study, base)
         parent_id = mirror.start(resume=resume)
-        write_study_file(study, base, parent_id)
+        try:
+            write_study_file(study, base, parent_id)
+        except OSError as e:  # storage that passed check_storage but failed (full, revoked)
+            raise UserError(f"storage_path {study.storage_path}: cannot write the study file "
+                            f"({first_line(e)})") from None
         log.info("study %s: %d trials, %d at a time, %s; results in %s; MLflow parent "
                  "run %s", study.name, study.num_trials, study.max_concurrent,
                  describe_resources(study, gpus), study.experiment_path, parent_id)
@@ -144,8 +155,23 @@ def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False) -> St
         except KeyboardInterrupt:
             interrupted = True
         return _summarize(study, mirror, started, interrupted)
+    except BaseException:
+        if mirror is not None and not resume:
+            _discard_unstarted(study, mirror)
+        raise
     finally:
         ray.shutdown()
+
+
+def _discard_unstarted(study: StudyConfig, mirror: Mirror) -> None:
+    """After a failure before the first trial: delete the parent run and the study file this
+    call made, so the study leaves nothing behind and a new one of its name may start."""
+    try:
+        if mirror.discard_unstarted():
+            delete_study_json(study.experiment_path)
+    except Exception as e:  # the failure being raised matters more than this clean-up
+        log.warning("could not remove the unstarted study's MLflow run or study file (%s)",
+                    first_line(e, 200))
 
 
 def _absolute_paths(base: TrialConfig) -> TrialConfig:
@@ -199,10 +225,11 @@ def _summarize(study: StudyConfig, mirror: Mirror, started: float,
     best = best_trial(records)
     counts = {s: sum(r.state == s for r in records) for s in (COMPLETED, STOPPED, FAILED, RUNNING)}
     interrupted = interrupted or counts[RUNNING] > 0 or len(records) < study.num_trials
-    synced, best_run = True, None
+    synced, best_run, run_ids = True, None, []
     try:
         for record in records:
             run_id = mirror.apply(record)
+            run_ids.append(run_id)
             if best is not None and record.trial_id == best.trial_id:
                 best_run = run_id
         for trial_id in mirror.mark_lost({r.trial_id for r in records}):
@@ -223,7 +250,8 @@ def _summarize(study: StudyConfig, mirror: Mirror, started: float,
                         parent_run_id=mirror.parent_id or "",
                         experiment_id=mirror.experiment_id or "", best_run_id=best_run,
                         seconds=time.time() - started, trial_seconds=trial_seconds,
-                        interrupted=interrupted, mlflow_synced=synced, counts=counts)
+                        interrupted=interrupted, mlflow_synced=synced, counts=counts,
+                        trial_run_ids=run_ids)
 
 
 def ray_records(experiment_path: str, max_epochs: int) -> list[TrialRecord]:

@@ -34,6 +34,7 @@ from tune.records import (
     TrialRecord,
     best_checkpoint,
     fetch_folder,
+    read_study_json,
 )
 from tune.study import StudyConfig
 
@@ -70,16 +71,23 @@ class Mirror:
         self.parent_id: str | None = None
         self._runs: dict[str, str] = {}
         self._uploaded: dict[str, int] = {}
+        self.created_parent = False
+        """Whether start() created the parent run (rather than finding it)."""
 
     # -- study --------------------------------------------------------------------------------
-    def start(self, resume: bool) -> str:
-        """Find or create the experiment and the study's parent run; return the parent run id."""
+    def start(self, resume: bool, start_time: int | None = None) -> str:
+        """Find or create the experiment and the study's parent run; return the parent run id.
+
+        `start_time` (ms) dates a parent run created late (tune.sync); None: now."""
         exp = self.client.get_experiment_by_name(self.study.experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
             self.study.experiment)
+        self._label_experiment()
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.study = '{self.study.name}' and tags.run_type = 'study'")
+        if not resume:
+            found = [run for run in found if not self._discard_if_never_started(run)]
         if found and not resume:
             raise UserError(f"MLflow experiment {self.study.experiment!r} already has a study "
                             f"named {self.study.name!r}; pass --resume or another --name")
@@ -87,14 +95,53 @@ class Mirror:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
             return self.parent_id
-        run = self.client.create_run(self.experiment_id, run_name=self.study.name, tags={
+        run = self.client.create_run(self.experiment_id, run_name=self.study.name,
+                                     start_time=start_time, tags={
             "study": self.study.name, "run_type": "study",
             "storage": self.study.experiment_path, "objective": OBJECTIVE.metric,
             "objective_mode": OBJECTIVE.mode})
         self.parent_id = run.info.run_id
+        self.created_parent = True
         self._log_params(self.parent_id, {f"study.{k}": v for k, v in self.study.to_dict().items()
                                           if k not in ("address", "mlflow_uri")})
         return self.parent_id
+
+    def _label_experiment(self) -> None:
+        """Make MLflow's UI open the experiment as model training, with the study's view."""
+        from tune.mlflow_ui import label_experiment
+
+        assert self.experiment_id is not None
+        label_experiment(self.client, self.experiment_id, self.study.name, self.study.searched)
+
+    def _discard_if_never_started(self, run: Any) -> bool:
+        """Delete a parent run left by a study that never started, so that it does not block a
+        new study of that name: no trial run under it, and no study file where it pointed."""
+        if self.trial_run_ids(run.info.run_id):
+            return False
+        storage = run.data.tags.get("storage")
+        if storage and read_study_json(storage) is not None:
+            return False
+        log.warning("MLflow run %s of study %s never started a trial; deleting it",
+                    run.info.run_id, self.study.name)
+        self.client.delete_run(run.info.run_id)
+        return True
+
+    def trial_run_ids(self, parent_id: str | None = None) -> list[str]:
+        """The trial runs under the study's parent run (this mirror's, unless given)."""
+        parent_id = parent_id or self.parent_id
+        assert self.experiment_id is not None
+        runs = self.client.search_runs(
+            [self.experiment_id], max_results=5000,
+            filter_string=f"tags.study = '{self.study.name}' and tags.run_type = 'trial'")
+        return [r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+    def discard_unstarted(self) -> bool:
+        """Delete the parent run this mirror created if no trial ran under it (a study that
+        failed before its first trial leaves no MLflow run behind); True if deleted."""
+        if not self.created_parent or self.parent_id is None or self.trial_run_ids():
+            return False
+        self.client.delete_run(self.parent_id)
+        return True
 
     def attach(self, parent_id: str) -> None:
         """Use an existing parent run (the study was started before)."""
@@ -102,8 +149,10 @@ class Mirror:
         self.experiment_id = self.client.get_run(parent_id).info.experiment_id
 
     def finish(self, best: TrialRecord | None, status: str = "FINISHED",
-               optuna_db: Path | None = None, counts: dict[str, int] | None = None) -> None:
-        """Record the best trial and the Optuna study on the parent run, then close it."""
+               optuna_db: Path | None = None, counts: dict[str, int] | None = None,
+               end_time: int | None = None) -> None:
+        """Record the best trial and the Optuna study on the parent run, then close it (at
+        `end_time`, ms; None: now)."""
         assert self.parent_id is not None
         tags = {f"trials_{k}": str(v) for k, v in (counts or {}).items()}
         if best is not None:
@@ -118,12 +167,13 @@ class Mirror:
         self.client.log_batch(self.parent_id, tags=_tags(tags))
         if optuna_db is not None and optuna_db.is_file():
             self.client.log_artifact(self.parent_id, str(optuna_db), "optuna")
-        self.client.set_terminated(self.parent_id, status)
+        self.client.set_terminated(self.parent_id, status, end_time=end_time)
 
     # -- trials -------------------------------------------------------------------------------
     def apply(self, record: TrialRecord) -> str:
         """Make the trial's child run match `record`; safe to repeat. Returns the run id."""
-        run_id = self._child_run(record.trial_id)
+        started, ended = trial_times(record.results)
+        run_id = self._child_run(record.trial_id, start_time=started)
         run = self.client.get_run(run_id)
         if not run.data.params:
             cfg = self._trial_config(record)
@@ -159,8 +209,9 @@ class Mirror:
         self.client.log_batch(run_id, tags=_tags(tags))
         if record.state != RUNNING:
             self._upload_best_adapter(run_id, record)
-            if run.info.status != _RUN_STATUS.get(record.state):
-                self.client.set_terminated(run_id, _RUN_STATUS[record.state])
+            if run.info.status != _RUN_STATUS.get(record.state) or (
+                    ended is not None and run.info.end_time != ended):
+                self.client.set_terminated(run_id, _RUN_STATUS[record.state], end_time=ended)
         return run_id
 
     def mark_lost(self, known: set[str]) -> list[str]:
@@ -183,7 +234,7 @@ class Mirror:
             lost.append(trial_id)
         return lost
 
-    def _child_run(self, trial_id: str) -> str:
+    def _child_run(self, trial_id: str, start_time: int | None = None) -> str:
         if trial_id in self._runs:
             return self._runs[trial_id]
         assert self.experiment_id is not None and self.parent_id is not None
@@ -193,7 +244,8 @@ class Mirror:
         if found:
             run_id = found[0].info.run_id
         else:
-            run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}", tags={
+            run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}",
+                                            start_time=start_time, tags={
                 "mlflow.parentRunId": self.parent_id, "study": self.study.name,
                 "trial_id": trial_id, "run_type": "trial", "state": RUNNING}).info.run_id
         self._runs[trial_id] = run_id
@@ -226,6 +278,25 @@ class Mirror:
             self.client.log_batch(run_id, params=items[i:i + 90])
 
 
+def trial_times(results: list[dict[str, Any]]) -> tuple[int | None, int | None]:
+    """(start, end) of a trial in ms since the epoch, from Ray's results; (None, None) without.
+
+    Each result has Ray's `timestamp` (when it was reported, whole seconds) and `time_total_s`
+    (the trial's time up to it, set-up included): the trial started `time_total_s` before
+    its first epoch's report, and its run ends with its last report. A trial retried after a
+    failure counts from its first start. The first epoch decides the start whether the mirror
+    sees one result (live) or all of them (catch-up, tune.sync), so both date a run alike.
+    """
+    stamped = [r for r in results if isinstance(r.get("timestamp"), (int, float))]
+    if not stamped:
+        return None, None
+    first = min(stamped, key=lambda r: (int(r.get("epoch", r.get("training_iteration", 0))),
+                                        float(r["timestamp"])))
+    start = float(first["timestamp"]) - float(first.get("time_total_s") or 0.0)
+    end = max(float(r["timestamp"]) for r in stamped)
+    return int(start * 1000), int(end * 1000)
+
+
 def _param_value(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
     return text[:6000]
@@ -235,7 +306,13 @@ def _metrics(values: dict[str, float], step: int, timestamp: int | None = None) 
     from mlflow.entities import Metric
 
     stamp = timestamp if timestamp is not None else int(time.time() * 1000)
-    return [Metric(k, float(v), stamp, step) for k, v in sorted(values.items())]
+    return [Metric(k, float(v), stamp, step) for k, v in sorted(values.items(), key=_metric_order)]
+
+
+def _metric_order(item: tuple[str, float]) -> tuple[bool, bool, str]:
+    # The objective first, then its running best: MLflow lists a run's metrics in the order
+    # they were first logged, and its compare page plots the first one (see tune.mlflow_ui).
+    return item[0] != OBJECTIVE.metric, item[0] != BEST_METRIC, item[0]
 
 
 def _tags(values: dict[str, str]) -> list[Any]:

@@ -347,6 +347,15 @@ def write_study_json(study_path: str, data: dict[str, Any]) -> None:
     fs.move(tmp, f"{path}/{STUDY_FILE}")
 
 
+def delete_study_json(study_path: str) -> None:
+    """Remove a study's study.json (a study that never started leaves nothing behind)."""
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(f"{str(study_path).rstrip('/')}/{STUDY_FILE}")
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
 # -- the tracking server -------------------------------------------------------------------------
 
 def tracking_problem(uri: str, writing: bool = True, timeout: float = 5.0) -> str | None:
@@ -364,10 +373,12 @@ def tracking_problem(uri: str, writing: bool = True, timeout: float = 5.0) -> st
             return f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)})"
         return None
     if uri.startswith("sqlite:///"):
+        from tune.preflight import folder_problem
+
+        # A missing folder is fine if it can be made: the driver makes it (tune.preflight).
         parent = Path(uri[len("sqlite:///"):]).parent
-        if writing and (not parent.is_dir() or not os.access(parent, os.W_OK)):
-            return f"MLflow store {uri}: folder {parent} is missing or not writable"
-        return None
+        problem = folder_problem(parent) if writing else None
+        return f"MLflow store {uri}: folder {parent}: {problem}" if problem else None
     if uri.startswith("file:") or "://" not in uri:
         return (f"MLflow tracking URI {uri}: use http(s)://host:port or sqlite:///path "
                 f"(MLflow 3 no longer writes file stores)")

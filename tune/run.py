@@ -160,15 +160,6 @@ def _resume_configs(study_flags: dict[str, Any], trial_flags: dict[str, Any],
     return study.replace(storage_path=where.storage_path, **overrides), base, True
 
 
-def mlflow_ui_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """Where to look at a run in the MLflow UI."""
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"{tracking_uri.rstrip('/')}/{page}"
-    return (f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000, "
-            f"then http://127.0.0.1:5000/{page}")
-
-
 def print_summary(summary: Any) -> None:
     """The study's outcome: counts, compute, the best trial and where to find it."""
     from tune.records import COMPLETED, FAILED, STOPPED
@@ -189,8 +180,12 @@ def print_summary(summary: Any) -> None:
     print(f"  {params}")
     print(f"  adapter: {summary.best_adapter}")
     if summary.mlflow_synced:
+        from tune.mlflow_ui import describe_links, study_links
+
         print(f"  MLflow run: {summary.best_run_id} (study run {summary.parent_run_id})")
-        print(f"  MLflow UI: {mlflow_ui_hint(study.tracking_uri, summary.experiment_id, summary.best_run_id)}")
+        links = study_links(study.tracking_uri, summary.experiment_id, study.name,
+                            summary.trial_run_ids, summary.best_run_id)
+        print("\n".join(describe_links(study.tracking_uri, links)))
     else:
         print(f"  MLflow not updated; once it is reachable: python -m tune.sync --name "
               f"{study.name} --storage-path {study.storage_path}")
@@ -211,6 +206,17 @@ def quiet_libraries() -> None:
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
 
 
+def hide_ray_resume_hint() -> None:
+    """Keep Ray's "Resume experiment with: Tuner.restore(...)" off the console after Ctrl-C:
+    it is Ray's Python API, not this tool's command, which main() prints instead."""
+    import logging
+
+    # Ray logs it once, as a warning of `ray.tune.tune` (ray/tune/tune.py, run()), with no
+    # switch of its own; a filter on that logger drops just that record.
+    logging.getLogger("ray.tune.tune").addFilter(
+        lambda record: "Tuner.restore(" not in record.getMessage())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the study the flags describe; print the best trial."""
     configure_logging()
@@ -226,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     quiet_libraries()
+    hide_ray_resume_hint()
     try:
         study, base, resume = parse_args(argv)
         # Before anything imports ray: it reads $RAY_AUTH_MODE once, on import.

@@ -18,10 +18,17 @@ from tune.study import StudyConfig
 
 
 def sync(study: StudyConfig) -> tuple[int, str]:
-    """Mirror every trial of the study into MLflow; return (trials mirrored, parent run id)."""
+    """Mirror every trial of the study into MLflow; return (trials mirrored, parent run id).
+
+    Runs get the trials' own start and end times; the study's run is closed at its last
+    trial's end once no trial runs (left open while one does: the study may be going on).
+    A progress bar shows the catch-up on a terminal.
+    """
+    from trainable.cli import progress_bar
     from tune.driver import ray_records
-    from tune.mirror import Mirror
-    from tune.records import check_tracking_uri
+    from tune.mirror import Mirror, trial_times
+    from tune.preflight import make_store_folder
+    from tune.records import COMPLETED, FAILED, RUNNING, STOPPED, check_tracking_uri
     from tune.study import read_study_file
 
     stored = read_study_file(study.experiment_path)
@@ -31,12 +38,22 @@ def sync(study: StudyConfig) -> tuple[int, str]:
     target = saved.replace(storage_path=study.storage_path,
                            mlflow_uri=study.mlflow_uri or saved.mlflow_uri)
     check_tracking_uri(target.tracking_uri)
-    mirror = Mirror(target, base)
-    parent = mirror.start(resume=True)
     records = ray_records(target.experiment_path, max_epochs=base.epochs)
-    for record in records:
-        mirror.apply(record)
+    times = [trial_times(r.results) for r in records]
+    starts = [start for start, _ in times if start is not None]
+    ends = [end for _, end in times if end is not None]
+    make_store_folder(target.tracking_uri)
+    mirror = Mirror(target, base)
+    parent = mirror.start(resume=True, start_time=min(starts, default=None))
+    with progress_bar(len(records), "mirroring trials", "trial") as bar:
+        for record in records:
+            mirror.apply(record)
+            bar.update(1)
     mirror.mark_lost({r.trial_id for r in records})
+    if not any(r.state == RUNNING for r in records):
+        counts = {s: sum(r.state == s for r in records) for s in (COMPLETED, STOPPED, FAILED)}
+        status = "FINISHED" if len(records) >= saved.num_trials else "KILLED"
+        mirror.finish(None, status, counts=counts, end_time=max(ends, default=None))
     return len(records), parent
 
 

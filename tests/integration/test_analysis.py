@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, cli_env, error_lines, free_port
+from tests.conftest import REPO_ROOT, cli_env, error_lines, free_port, run_in_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -262,6 +262,38 @@ def test_export_loads_offline_and_predict_reads_a_models_uri(best, tiny_study, t
     first = next(c for c in clauses if c["text"] == UNFAIR[1])
     assert first["normalized"] == "we may terminate your account at any time without notice ."
     assert set(first) == {"file", "index", "text", "normalized", "probability"}
+
+
+def test_best_prints_no_mlflow_warning_nor_colour_codes_nor_genai_links(best):
+    """MLflow's "Add type hints to the `predict` method" UserWarning (colour-coded, under
+    MLflow's own warnings filter) and its "View run ... at" links stay off the console."""
+    out, err = best["proc"].stdout, best["proc"].stderr
+    assert "type hints" not in err and "\x1b[" not in err + out, err[-2000:]
+    assert "View run" not in out and "View experiment" not in out, out[-2000:]
+    assert "workflowType=machine_learning" in out
+
+
+def test_best_shows_its_evaluation_progress_on_a_terminal_only(best, tiny_study, tmp_path):
+    assert "evaluating on validation and test" not in best["proc"].stderr  # piped: silent
+    code, shown = run_in_terminal(
+        [sys.executable, "-m", "analysis.best", "--mlflow-uri", tiny_study["tracking_uri"],
+         "--experiment", tiny_study["experiment"], "--export-dir", tmp_path / "export",
+         "--model-name", "terminal-check"], timeout=600)
+    assert code == 0, shown[-3000:]
+    assert "evaluating on validation and test" in shown and "clause" in shown, shown[-3000:]
+
+
+def test_predict_shows_progress_on_a_terminal_but_not_with_json_or_in_a_pipe(best, tmp_path):
+    doc = tmp_path / "terms.txt"
+    doc.write_text(DOCUMENT, encoding="utf-8")
+    argv = [sys.executable, "-m", "analysis.predict", str(best["export"]), str(doc)]
+    code, shown = run_in_terminal(argv, timeout=300)
+    assert code == 0 and "scoring clauses" in shown, shown[-3000:]
+    code, shown = run_in_terminal([*argv, "--json", "--threshold", "0"], timeout=300)
+    assert code == 0 and "scoring clauses" not in shown, shown[-3000:]
+    assert len(json.loads(shown[shown.index("{"):])["clauses"]) == CLAUSES
+    piped = run_module("analysis.predict", best["export"], doc)
+    assert piped.returncode == 0 and "scoring clauses" not in piped.stdout + piped.stderr
 
 
 # -- predict with a model that learned something -------------------------------------------------

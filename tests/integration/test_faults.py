@@ -10,12 +10,21 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import MlflowServer, Study, run_cli, run_study_cli, study_runs, tiny_study_args
+from tests.conftest import (
+    MlflowServer,
+    Study,
+    run_cli,
+    run_in_terminal,
+    run_study_cli,
+    study_runs,
+    tiny_study_args,
+)
 from tests.localcluster import TRIAL_RESOURCE, LocalCluster
 from tune.records import COMPLETED, FAILED, LOST
 
@@ -208,8 +217,36 @@ def test_sync_rebuilds_a_study_in_an_empty_tracking_server_without_duplicates(ti
             assert _steps(fresh_client, run) == _steps(old_client, twin)
             assert run.data.params == twin.data.params
             assert run.data.tags["state"] == twin.data.tags["state"]
+            # Written late, yet dated like the live mirror dated them: from Ray's results.
+            assert (run.info.start_time, run.info.end_time) == (twin.info.start_time,
+                                                                twin.info.end_time)
+        # The study's run is closed at its last trial's end, not left running by the sync.
+        parent = fresh_client.search_runs(
+            [fresh[0].info.experiment_id],
+            filter_string=f"tags.study = '{tiny_study['name']}' and tags.run_type = 'study'")[0]
+        assert parent.info.status == "FINISHED"
+        assert parent.info.start_time == min(r.info.start_time for r in fresh)
+        assert parent.info.end_time == max(r.info.end_time for r in fresh)
     finally:
         server.stop()
+
+
+def test_sync_shows_progress_on_a_terminal_and_makes_a_missing_sqlite_folder(tiny_study,
+                                                                            tmp_path):
+    """A person syncing into a new local store sees the catch-up advance; the store's folder
+    (missing, as `runs/<x>/` on a fresh checkout) is made."""
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "runs" / "fresh" / "mlflow.db"
+    code, shown = run_in_terminal(
+        [sys.executable, "-m", "tune.sync", "--name", tiny_study["name"], "--storage-path",
+         str(tiny_study["storage"]), "--mlflow-uri", f"sqlite:///{store}"], timeout=600)
+    assert code == 0, shown[-3000:]
+    assert "mirroring trials" in shown and "/6" in shown, shown[-3000:]
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name(tiny_study["experiment"])
+    runs = client.search_runs([experiment.experiment_id], "tags.run_type = 'trial'")
+    assert len(runs) == 6
 
 
 def test_sync_without_a_study_is_a_one_line_error(tmp_path):

@@ -246,6 +246,14 @@ def _bad_data(tmp_path: Path, kind: str) -> Path:
                                           encoding="utf-8")
     elif kind == "non-utf8":
         (folder / "train.tsv").write_bytes(b"text\tlabel\ncaf\xe9\t0\n")
+    elif kind in ("validation without unfair clauses", "train of one class",
+                  "test without unfair clauses"):
+        split, label = {"validation without unfair clauses": ("validation", 0),
+                        "train of one class": ("train", 1),
+                        "test without unfair clauses": ("test", 0)}[kind]
+        rows = [f"clause {i} of {split} .\t{label}" for i in range(1500)]
+        (folder / f"{split}.tsv").write_text("text\tlabel\n" + "\n".join(rows) + "\n",
+                                             encoding="utf-8")
     return folder
 
 
@@ -257,6 +265,10 @@ DATA_CASES = [
     ("empty split", ["validation.tsv", "no rows"]),
     ("bad label", ["train.tsv", "label must be 0 or 1", "'unfair'"]),
     ("non-utf8", ["train.tsv", "not UTF-8"]),
+    ("validation without unfair clauses",
+     ["validation split has 0 unfair and 1,500 fair clauses", "0 for every trial"]),
+    ("train of one class", ["train split has 1,500 unfair and 0 fair clauses"]),
+    ("test without unfair clauses", ["test split has 0 unfair and 1,500 fair clauses"]),
 ]
 FLAG_CASES = [
     ("lr zero", ["--lr", "0"], ["lr must be > 0"]),

@@ -20,6 +20,7 @@ from tests.conftest import (
     tiny_study_args,
     trial_dirs,
 )
+from trainable.errors import UserError
 from tune.mirror import BEST_METRIC
 from tune.records import COMPLETED, FAILED, STOPPED
 from tune.space import DEFAULT_SEARCHED
@@ -129,6 +130,9 @@ def test_resume_after_an_interruption_adds_no_duplicate_run(warm_tiny_model_dir,
         study.proc.send_signal(signal.SIGINT)  # Ctrl-C while the second trial runs
         first_out = study.finish(timeout=300)
     assert study.proc.returncode == 130, first_out[-3000:]
+    # This tool's resume command, not Ray's Python one.
+    assert f"continue it with: python tune/run.py --resume --name {name}" in first_out
+    assert "Tuner.restore" not in first_out, first_out[-3000:]
     finished = set(re.findall(r"trial (\S+) completed after", first_out))
     assert finished
 
@@ -276,3 +280,143 @@ def test_runs_of_trials_ray_never_recorded_are_marked_lost(mlflow_server):
     assert by_id["done"].data.tags["state"] == COMPLETED
     loaded = load_from_mlflow(client, "tests-lost", "lost-runs")
     assert {t.trial_id for t in loaded.trials} == {"known", "done"}
+
+
+# -- MLflow run times are the trials' own ---------------------------------------------------------
+
+def test_trial_runs_last_as_long_as_ray_timed_the_trials(tiny_study):
+    """A trial's run starts when the trial did (its first report less Ray's time_total_s)
+    and ends with its last report, not when the mirror first or last wrote it."""
+    _, parents, children = study_runs(tiny_study["tracking_uri"], tiny_study["experiment"],
+                                      tiny_study["name"])
+    dirs = trial_dirs(tiny_study["storage"], tiny_study["name"])
+    for run in children:
+        results = [json.loads(line) for line in
+                   (dirs[run.data.tags["trial_id"]] / "result.json").read_text().splitlines()]
+        ray_seconds = results[-1]["time_total_s"]
+        seconds = (run.info.end_time - run.info.start_time) / 1000
+        print(f"trial {run.data.tags['trial_id']}: MLflow {seconds:.2f} s, Ray time_total_s "
+              f"{ray_seconds:.2f} s")
+        first = results[0]  # epoch 1
+        assert run.info.start_time == int((first["timestamp"] - first["time_total_s"]) * 1000)
+        assert run.info.end_time == results[-1]["timestamp"] * 1000
+        # Ray stamps results in whole seconds; its time_total_s leaves out the gaps between
+        # epochs, so the run may be longer, never much shorter (it was 64 ms for a 22 s trial).
+        assert seconds > ray_seconds - 1.0, (seconds, ray_seconds)
+    parent = parents[0].info
+    assert parent.start_time <= min(r.info.start_time for r in children)
+    assert parent.end_time >= max(r.info.end_time for r in children)
+
+
+# -- storage and tracking checked before anything is written ---------------------------------------
+
+@pytest.mark.parametrize("where", ["/proc/nope", "under a file"])
+def test_unwritable_storage_is_refused_before_mlflow_or_ray_is_touched(
+        where, tmp_path, monkeypatch, capsys, tiny_model_dir, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    if where == "under a file":
+        (tmp_path / "file").write_text("not a folder")
+        where = str(tmp_path / "file" / "runs")
+    elif not Path("/proc").is_dir():
+        pytest.skip("no /proc on this machine")
+    monkeypatch.chdir(tmp_path)
+    experiment = f"tests-storage-{abs(hash(where))}"
+    code, err = _main(["--smoke", "--model", tiny_model_dir, "--mlflow-uri", mlflow_server.uri,
+                       "--experiment", experiment, "--storage-path", where], capsys)
+    assert code == 2, err[-2000:]
+    lines = error_lines(err)
+    assert len(lines) == 1 and f"storage_path {where}" in lines[0], err[-2000:]
+    assert "Traceback" not in err
+    assert MlflowClient(mlflow_server.uri).get_experiment_by_name(experiment) is None
+
+
+def test_a_failure_before_the_first_trial_leaves_no_mlflow_run_behind(tmp_path, tiny_model_dir,
+                                                                      mlflow_server):
+    """The study file cannot be written after the parent run was made (here: a folder sits
+    where its temporary file goes): one line, exit 2, the run deleted, the name free."""
+    from trainable.config import TrialConfig
+    from tune.mirror import Mirror
+    from tune.study import StudyConfig
+
+    name, experiment = "unwritten", "tests-unstarted"
+    (tmp_path / "runs" / name / ".study.json.tmp").mkdir(parents=True)
+    proc = run_study_cli("--name", name, "--model", tiny_model_dir, "--data", "demo",
+                         "--max-lengths", "32", "64", "--mlflow-uri", mlflow_server.uri,
+                         "--experiment", experiment, "--storage-path", tmp_path / "runs",
+                         cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "cannot write the study file" in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    _, parents, children = study_runs(mlflow_server.uri, experiment, name,
+                                      one_parent=False)  # active runs only
+    assert parents == [] and children == []
+    assert not (tmp_path / "runs" / name / "study.json").exists()
+    study = StudyConfig(name=name, experiment=experiment, mlflow_uri=mlflow_server.uri,
+                        storage_path=str(tmp_path / "elsewhere"))
+    assert Mirror(study, TrialConfig()).start(resume=False)  # the name is not taken
+
+
+def test_a_study_run_left_by_a_study_that_never_started_does_not_block_a_new_one(
+        mlflow_server, tmp_path):
+    """What an earlier version left after `--storage-path /proc/nope` (a parent run, no trial,
+    no study file) is deleted by the next start; a study that did start stays protected."""
+    from mlflow.tracking import MlflowClient
+
+    from trainable.config import TrialConfig
+    from tune.mirror import Mirror
+    from tune.records import TrialRecord
+    from tune.study import StudyConfig
+
+    def study(storage: str) -> StudyConfig:
+        return StudyConfig(name="smoke", experiment="tests-never-started",
+                           mlflow_uri=mlflow_server.uri, storage_path=storage)
+
+    client = MlflowClient(mlflow_server.uri)
+    left = Mirror(study("/proc/nope"), TrialConfig()).start(resume=False)
+    fresh = Mirror(study(str(tmp_path / "runs")), TrialConfig())
+    new = fresh.start(resume=False)
+    assert new != left and client.get_run(left).info.lifecycle_stage == "deleted"
+    # A study with a study file, or with a trial run, is a real one: refused without --resume.
+    (tmp_path / "runs" / "smoke").mkdir(parents=True)
+    (tmp_path / "runs" / "smoke" / "study.json").write_text("{}")
+    with pytest.raises(UserError, match="pass --resume"):
+        Mirror(study(str(tmp_path / "elsewhere")), TrialConfig()).start(resume=False)
+    (tmp_path / "runs" / "smoke" / "study.json").unlink()
+    fresh.apply(TrialRecord("t1", {"lr": 1e-3, "lora_rank": 4, "max_length": 64,
+                                   "batch_size": 16}, [{"epoch": 1, "val/f1": 0.5}]))
+    with pytest.raises(UserError, match="pass --resume"):
+        Mirror(study(str(tmp_path / "elsewhere")), TrialConfig()).start(resume=False)
+    assert client.get_run(new).info.lifecycle_stage == "active"
+
+
+def test_a_missing_sqlite_folder_is_made_only_after_every_check_passed(tmp_path, monkeypatch,
+                                                                       capsys, tiny_model_dir):
+    """The BENCHMARKS form `--mlflow-uri sqlite:///$PWD/runs/quality/mlflow.db` on a fresh
+    checkout: the folder is not an error; a study refused for another reason makes nothing."""
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "runs" / "quality" / "mlflow.db"
+    code, err = _main(["--model", tiny_model_dir, "--max-lengths", "32", "64", "--data-dir",
+                       tmp_path / "nodata", "--mlflow-uri", f"sqlite:///{store}",
+                       "--storage-path", "runs/quality"], capsys)
+    assert code == 2 and "nodata" in error_lines(err)[0], err[-2000:]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_validation_split_without_unfair_clauses_fails_before_any_trial(
+        tmp_path, monkeypatch, capsys, tiny_model_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "validation"):
+        labels = [i % 2 for i in range(40)] if split == "train" else [0] * 1500
+        rows = "".join(f"clause {i} of {split} .\t{label}\n" for i, label in enumerate(labels))
+        (data / f"{split}.tsv").write_text("text\tlabel\n" + rows, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    code, err = _main(["--model", tiny_model_dir, "--data-dir", data, "--max-lengths", "32",
+                       "64", "--storage-path", tmp_path / "runs"], capsys)
+    assert code == 2
+    assert error_lines(err) == [f"error: data {data}: validation split has 0 unfair and 1,500 "
+                                f"fair clauses: F1 of the unfair class would be 0 for every "
+                                f"trial"]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()

@@ -69,6 +69,30 @@ def test_reads_each_format(tmp_path, fmt):
     assert all(isinstance(v, int) for v in got["label"].tolist())
 
 
+@pytest.mark.parametrize(("split", "labels", "expected"), [
+    ("validation", [0] * 1500, "validation split has 0 unfair and 1,500 fair clauses: F1 of the "
+                               "unfair class would be 0 for every trial"),
+    ("validation", [1, 1], "validation split has 2 unfair and 0 fair clauses: flagging every "
+                           "clause would score F1 1.0"),
+    ("train", [0, 0, 0], "train split has 0 unfair and 3 fair clauses: the model would never "
+                         "see an unfair clause"),
+    ("test", [0, 0], "test split has 0 unfair and 2 fair clauses"),
+])
+def test_a_split_without_both_classes_is_refused_at_load(tmp_path, split, labels, expected):
+    folder = _write_split_dir(tmp_path / "d")
+    _write_tsv(folder / f"{split}.tsv", [(f"clause {i} .", lab) for i, lab in enumerate(labels)])
+    with pytest.raises(UserError) as e:
+        data.load_splits(TrialConfig(data=str(folder), eval_test=True))
+    assert str(e.value).startswith(f"data {folder}: {expected}"), str(e.value)
+
+
+def test_a_one_class_test_split_is_not_checked_when_test_is_not_read(tmp_path):
+    folder = _write_split_dir(tmp_path / "d")
+    _write_tsv(folder / "test.tsv", [("clause .", 0)])
+    splits = data.load_splits(TrialConfig(data=str(folder)), with_test=False)
+    assert splits.test is None and set(splits.validation["label"]) == {0, 1}
+
+
 def test_load_splits_from_a_folder(tmp_path):
     folder = _write_split_dir(tmp_path / "d")
     splits = data.load_splits(TrialConfig(data=str(folder)))
