@@ -166,8 +166,8 @@ class LoraLayers:
 
     def targets(self, preset: str) -> list[str]:
         """The module names of a `lora_targets` preset."""
-        return list({"attention": self.attention, "attention+head": self.attention + self.head_dense,
-                     "all-linear": self.linear}[preset])
+        return list({"attention": self.attention, "all-linear": self.linear,
+                     "attention+head": self.attention + self.head_dense}[preset])
 
 
 _BERT = LoraLayers(attention=("query", "value"), head_dense=("pooler.dense",),
@@ -257,7 +257,29 @@ def build_base_model(cfg: TrialConfig, device: str, precision: str) -> Any:
         # Casts the remaining float weights (LayerNorms, head) to fp32 for stable training.
         # Gradient checkpointing would trade ~30% speed for memory an encoder does not need.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        _follow_autocast(model)
     return model
+
+
+# Quantized layers ignore autocast: bitsandbytes hands back its input's dtype (fp32, behind
+# the fp32 LayerNorms) where nn.Linear would give bf16. DeBERTa-v2 fills masked attention
+# scores (bf16 under autocast) with the smallest value of its query's dtype, fp32's, which
+# bf16 cannot hold (transformers#35332): its query projections hand back the autocast dtype.
+_AUTOCAST_OUTPUTS = {"deberta-v2": ("query_proj",)}
+
+
+def _follow_autocast(model: torch.nn.Module) -> None:
+    names = _AUTOCAST_OUTPUTS.get(getattr(model.config, "model_type", ""), ())
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in names and isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(_to_autocast_dtype)
+
+
+def _to_autocast_dtype(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+    device = output.device.type
+    if torch.is_autocast_enabled(device):
+        return output.to(torch.get_autocast_dtype(device))
+    return output
 
 
 def build_model(cfg: TrialConfig, device: str, precision: str) -> Any:
