@@ -184,19 +184,25 @@ def _absolute_paths(base: TrialConfig) -> TrialConfig:
     return base.replace(**changes)
 
 
-def _tuner(study: StudyConfig, base: TrialConfig, gpus: float, restore: bool) -> Any:
+def _tuner(study: StudyConfig, base: TrialConfig, gpus: float, restore: bool,
+           trial_fn: Any = None, callbacks: list[Any] | None = None) -> Any:
+    """The study's Tuner. `trial_fn` stands in for `run_trial` (same arguments) and
+    `callbacks` for the MLflow mirror and the progress lines: `bench.replay` runs recorded
+    learning curves through the same searcher, scheduler and Tune settings this way."""
     from tune.trial import run_trial
 
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base, parallel=data_parallel(study, gpus)),
+        tune.with_parameters(trial_fn or run_trial, base=base,
+                             parallel=data_parallel(study, gpus)),
         trial_resources(study, gpus))
     if restore:
         # Finished trials stay finished (failed ones too); unfinished ones continue from
         # their last checkpoint; the searcher and callbacks come back from the study folder.
         return tune.Tuner.restore(study.experiment_path, trainable, resume_unfinished=True,
                                   resume_errored=False)
-    callbacks = [MirrorCallback(study.experiment_path),
-                 ProgressPrinter(base.epochs, study.num_trials)]
+    if callbacks is None:
+        callbacks = [MirrorCallback(study.experiment_path),
+                     ProgressPrinter(base.epochs, study.num_trials)]
     return tune.Tuner(
         trainable,
         param_space=search_space(study),
