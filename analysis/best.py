@@ -28,7 +28,7 @@ from typing import Any
 
 from analysis.study import Study, add_study_arguments, study_from_args
 from trainable.adapter import METRICS, RESUME, TRIAL_CONFIG
-from trainable.cli import ArgumentParser
+from trainable.cli import ArgumentParser, command
 from trainable.config import OBJECTIVE
 from trainable.errors import UserError, first_line
 from tune.records import (
@@ -344,16 +344,11 @@ def _write_export(adapter_dir: Path, export_dir: Path, tokenizer: Any,
     return write_export(adapter_dir, export_dir, tokenizer, threshold, evaluation.to_dict())
 
 
+# Registering a model uploads it whole: each request may take longer than a metric's.
+@command(env={"MLFLOW_HTTP_REQUEST_TIMEOUT": "60"})
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate the study's best checkpoint; print a summary."""
     args = parse_args(argv)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # MLflow would print its own links to the evaluation run (in its GenAI view); main()
-    # prints links to the model-training view instead.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     _quiet()
     if args.mlflow_uri:
         import mlflow
@@ -361,11 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # log_model and register_model go through MLflow's process-wide stores.
         mlflow.set_tracking_uri(args.mlflow_uri)
         mlflow.set_registry_uri(args.mlflow_uri)
-    try:
-        study, ev, run_id, version, export = run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    study, ev, run_id, version, export = run(args)
     m = ev.metrics
     print(f"study {study.name}: best trial {ev.trial_id}, epoch {ev.epoch} "
           f"({OBJECTIVE.metric} {ev.logged_value:.4f} as logged; {m['val']['f1']:.4f} "
@@ -412,9 +403,6 @@ def _quiet() -> None:
 
     import mlflow  # noqa: F401  (configures its loggers on import; set levels after)
 
-    from trainable.cli import configure_logging
-
-    configure_logging(verbose=False)
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)

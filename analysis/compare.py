@@ -9,14 +9,13 @@ Picks the latest study in the experiment unless a study name or parent run id is
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from analysis.study import Study, add_study_arguments, study_from_args
-from trainable.cli import ArgumentParser
+from trainable.cli import ArgumentParser, command
 from trainable.config import OBJECTIVE
 from trainable.errors import UserError
 from tune.space import DIMENSIONS, Dimension
@@ -97,23 +96,19 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
     return p.parse_args(argv)
 
 
+@command()
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the trial table; save the plots and log them to the study's parent run."""
     args = parse_args(argv)
-    # A tracking server that is down must cost seconds, not MLflow's minutes of retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    _quiet()
-    try:
-        study, client = study_from_args(args.mlflow_uri, args.experiment, args.study,
-                                        args.storage_path, allow_offline=True)
-        if not study.trials:
-            raise UserError(f"study {study.name} has no trials yet")
-        out = args.out or default_out_dir(study)
-        result = compare(study, out, client)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study, client = study_from_args(args.mlflow_uri, args.experiment, args.study,
+                                    args.storage_path, allow_offline=True)
+    if not study.trials:
+        raise UserError(f"study {study.name} has no trials yet")
+    out = args.out or default_out_dir(study)
+    result = compare(study, out, client)
     source = ("MLflow" if study.source == "mlflow" else f"Ray results {study.storage} "
               f"(MLflow unreachable)")
     counts = result["table"]["state"].value_counts().to_dict()
@@ -156,16 +151,6 @@ def study_links_lines(client: Any, study: Study) -> list[str]:
                         [t.run_id for t in study.trials if t.run_id],
                         best.run_id if best is not None else None)
     return ["MLflow:", *describe_links(client.tracking_uri, links)]
-
-
-def _quiet() -> None:
-    import logging
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

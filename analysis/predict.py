@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from trainable.cli import ArgumentParser
+from trainable.cli import ArgumentParser, command
 from trainable.errors import UserError
 
 
@@ -137,18 +137,12 @@ def run(args: Any) -> tuple[list[Flagged], list[Flagged], float, str]:
     return scored, flagged(scored, threshold, args.top), threshold, str(args.model)
 
 
+@command()
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the potentially unfair clauses of each document."""
     args = parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     _quiet()
-    try:
-        scored, hits, threshold, model = run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    scored, hits, threshold, model = run(args)
     if args.json:
         print(json.dumps({"model": model, "threshold": threshold,
                           "clauses": [asdict(h) for h in hits]}, indent=2, ensure_ascii=False))
@@ -168,9 +162,6 @@ def _quiet() -> None:
     import logging
     import warnings
 
-    from trainable.cli import configure_logging
-
-    configure_logging(verbose=False)
     for name in ("mlflow", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)

@@ -22,7 +22,7 @@ from typing import Any
 
 from trainable.adapter import METRICS, RESUME, load_adapter_weights, write_json
 from trainable.checkpoint import EpochCheckpoint, Report
-from trainable.cli import ArgumentParser, add_dataclass_flags, configure_logging
+from trainable.cli import ArgumentParser, add_dataclass_flags, command
 from trainable.config import DEMO_DATA, HUB_DATA, OBJECTIVE, PACKAGED_MODEL, TrialConfig
 from trainable.errors import TrialOutOfMemoryError, UserError
 
@@ -283,15 +283,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[TrialConfig, Path | N
     return TrialConfig().replace(**trial_changes(args)), resume_from
 
 
+@command(verbose=True)
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: run one trial, print the best epoch's metrics and the adapter path."""
-    configure_logging()
+    cfg, resume_from = parse_args(argv)
     try:
-        cfg, resume_from = parse_args(argv)
         result = train(cfg, resume_from=resume_from)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
     except TrialOutOfMemoryError as e:
         print(f"error: {e} (lower --batch-size or --max-length)", file=sys.stderr)
         return 1

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainable.cli import ArgumentParser, add_dataclass_flags, configure_logging
+from trainable.cli import ArgumentParser, add_dataclass_flags, command
 from trainable.config import DEMO_DATA, OBJECTIVE, TrialConfig
 from trainable.errors import UserError, first_line
 from trainable.train import add_trial_arguments, trial_changes
@@ -125,7 +125,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StudyConfig, TrialCon
     trial_values |= trial_flags
     # A searched field fixed for every trial (flag or file) is no longer searched.
     searched = study_values.get("searched", StudyConfig().searched)
-    # An explicit target_modules (lora_alpha) list makes lora_targets (lora_alpha_ratio) moot.
+    # An explicit target_modules or lora_alpha makes lora_targets or lora_alpha_ratio moot.
     fixed = [f for f in searched if f in trial_values
              or f in BY_NAME and BY_NAME[f].fixed_by in trial_values]
     if fixed:
@@ -217,32 +217,24 @@ def hide_ray_resume_hint() -> None:
         lambda record: "Tuner.restore(" not in record.getMessage())
 
 
+@command(verbose=True, env={
+    # The mirror's requests run in Ray Tune's event loop: an outage may stall it only seconds.
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # Ray's new console output prints its own boxes even at verbose=0; the study prints its
+    # own one-line progress (tune.callbacks.ProgressPrinter).
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # Adapter checkpoints every epoch are small; Ray's warning about frequent snapshots is noise.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"})
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the study the flags describe; print the best trial."""
-    configure_logging()
-    # A tracking server that is down must cost seconds, not MLflow's default minutes of retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Ray's new console output prints its own boxes even at verbose=0; the study prints its
-    # own one-line progress (tune.driver.ProgressPrinter).
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Adapter checkpoints every epoch are small; Ray's warning about frequent snapshots is noise.
-    # The mirror closes one run per trial; MLflow would print two URLs for each.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     quiet_libraries()
     hide_ray_resume_hint()
-    try:
-        study, base, resume = parse_args(argv)
-        # Before anything imports ray: it reads $RAY_AUTH_MODE once, on import.
-        use_token_auth(study.address or os.environ.get("RAY_ADDRESS"))
-        from tune.driver import run_study
+    study, base, resume = parse_args(argv)
+    # Before anything imports ray: it reads $RAY_AUTH_MODE once, on import.
+    use_token_auth(study.address or os.environ.get("RAY_ADDRESS"))
+    from tune.driver import run_study
 
-        summary = run_study(study, base, resume=resume)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    summary = run_study(study, base, resume=resume)
     print_summary(summary)
     if summary.interrupted:
         print(f"study interrupted; continue it with: python tune/run.py --resume --name "

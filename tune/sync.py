@@ -8,11 +8,10 @@ already in MLflow are left alone, what is missing is added.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 
-from trainable.cli import ArgumentParser, configure_logging
+from trainable.cli import ArgumentParser, command
 from trainable.errors import UserError
 from tune.study import StudyConfig
 
@@ -57,23 +56,17 @@ def sync(study: StudyConfig) -> tuple[int, str]:
     return len(records), parent
 
 
+@command()
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, sync, print what was done."""
-    configure_logging(verbose=False)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     p = ArgumentParser(prog="python -m tune.sync", description=__doc__.split("\n")[0])
     p.add_argument("--name", default=StudyConfig().name, help="study name")
     p.add_argument("--storage-path", default=StudyConfig().storage_path, metavar="DIR_OR_URI")
     p.add_argument("--mlflow-uri", metavar="URI", help="default: the study's own")
     args = p.parse_args(argv)
-    try:
-        study = StudyConfig(name=args.name, storage_path=args.storage_path,
-                            mlflow_uri=args.mlflow_uri)
-        count, parent = sync(study)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    study = StudyConfig(name=args.name, storage_path=args.storage_path,
+                        mlflow_uri=args.mlflow_uri)
+    count, parent = sync(study)
     print(f"mirrored {count} trials of study {args.name} into MLflow (study run {parent})")
     return 0
 

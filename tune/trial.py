@@ -21,8 +21,9 @@ from typing import Any
 from ray import tune
 from ray.train.v2.api.callback import UserCallback  # imported by ray.tune already
 
+from trainable.cli import configure_logging
 from trainable.config import TrialConfig
-from trainable.train import configure_logging, train
+from trainable.train import train
 from tune.space import trial_config
 
 # A string field in every result: the Ray node that trained (rank 0's node for data-parallel
