@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from trainable.errors import UserError
 
 # C values tried for the baseline (LinearSVC's default is 1.0); chosen by validation F1.
 BASELINE_CS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -138,3 +142,114 @@ def plot_precision_recall(curves: dict[str, tuple[Sequence[int], Sequence[float]
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# -- the champion's evaluation -------------------------------------------------------------------
+
+CONFUSION_PNG = "confusion_matrix.png"
+PR_PNG = "precision_recall.png"
+
+
+@dataclass
+class Evaluation:
+    """Everything `best` measured, as logged and exported."""
+
+    study: str
+    trial_id: str
+    epoch: int
+    logged_value: float
+    """The objective MLflow (or Ray) recorded for that epoch."""
+    checkpoint_source: str
+    threshold: float
+    val_tuned_f1: float
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    """`val`, `test` (threshold 0.5), `val_tuned`, `test_tuned`, `baseline_val`, `baseline_test`."""
+    baseline_C: float = 1.0
+    data: str = ""
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def evaluate(adapter_dir: Path, data: str | None) -> tuple[Evaluation, Any, Any]:
+    """Test metrics at 0.5 and at the validation-tuned threshold, plus the baseline.
+
+    Returns (evaluation without study fields, tokenizer, probabilities by split). The train
+    split is the one the trial trained on (same subsample); validation and test are whole.
+    Scoring shows a progress bar on a terminal.
+    """
+    from analysis.evaluate import binary_metrics, f1_optimal_threshold, tfidf_baseline
+    from trainable.cli import progress_bar
+    from trainable.data import load_splits
+    from trainable.inference import inference_precision, load_trained, predict_proba
+
+    model, tokenizer, cfg = load_trained(adapter_dir)
+    data_cfg = cfg.replace(data=data or cfg.data, max_eval_samples=None)
+    splits = load_splits(data_cfg, with_test=True)
+    device = next(model.parameters()).device.type
+    precision = inference_precision(cfg, device)
+    scored = (("val", splits.validation), ("test", splits.test))
+    with progress_bar(sum(len(frame) for _, frame in scored), "evaluating on validation and test",
+                      "clause") as bar:
+        probs = {name: predict_proba(model, tokenizer, frame["text"].tolist(), cfg.max_length,
+                                     batch_size=max(32, cfg.batch_size), precision=precision,
+                                     progress=bar.update)
+                 for name, frame in scored}
+    labels = {"val": splits.validation["label"].to_numpy(), "test": splits.test["label"].to_numpy()}
+    threshold, tuned_f1 = f1_optimal_threshold(labels["val"], probs["val"])
+    baseline = tfidf_baseline(splits.train, splits.validation, splits.test, seed=cfg.seed)
+    metrics = {"val": binary_metrics(labels["val"], probs["val"], 0.5),
+               "test": binary_metrics(labels["test"], probs["test"], 0.5),
+               "val_tuned": binary_metrics(labels["val"], probs["val"], threshold),
+               "test_tuned": binary_metrics(labels["test"], probs["test"], threshold),
+               "baseline_val": baseline.metrics["validation"],
+               "baseline_test": baseline.metrics["test"]}
+    evaluation = Evaluation(study="", trial_id="", epoch=0, logged_value=float("nan"),
+                            checkpoint_source="", threshold=threshold, val_tuned_f1=tuned_f1,
+                            metrics=metrics, baseline_C=baseline.C, data=data_cfg.data,
+                            sizes={"train": len(splits.train), "validation": len(splits.validation),
+                                   "test": len(splits.test)})
+    curves = {"labels": labels, "probs": probs, "baseline_test": baseline.test_scores,
+              "val_texts": splits.validation["text"].tolist()}
+    return evaluation, tokenizer, curves
+
+
+def write_plots(evaluation: Evaluation, curves: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Confusion matrices (model at 0.5 and tuned, baseline) and test precision-recall curves."""
+    from analysis.evaluate import plot_confusion_matrices, plot_precision_recall
+
+    m = evaluation.metrics
+    plot_confusion_matrices({"model @ 0.5": m["test"],
+                             f"model @ {evaluation.threshold:.3f} (tuned on val)": m["test_tuned"],
+                             "TF-IDF + LinearSVC": m["baseline_test"]}, out_dir / CONFUSION_PNG)
+    labels = curves["labels"]["test"]
+    plot_precision_recall(
+        {"QLoRA model": (labels, curves["probs"]["test"]),
+         "TF-IDF + LinearSVC": (labels, curves["baseline_test"])},
+        {"model @ 0.5": (m["test"]["recall"], m["test"]["precision"]),
+         "model @ tuned threshold": (m["test_tuned"]["recall"], m["test_tuned"]["precision"])},
+        out_dir / PR_PNG)
+    return [out_dir / CONFUSION_PNG, out_dir / PR_PNG]
+
+
+def check_export(export_dir: Path, texts: list[str], expected: Any) -> None:
+    """Reload the export on its own and check that it scores as the evaluated model did."""
+    import numpy as np
+
+    from trainable.inference import inference_precision, load_trained, predict_proba
+
+    model, tokenizer, cfg = load_trained(export_dir)
+    precision = inference_precision(cfg, next(model.parameters()).device.type)
+    got = predict_proba(model, tokenizer, texts, cfg.max_length, precision=precision)
+    # bf16 autocast gives slightly different logits when a clause is padded to another batch
+    # length; a wrong adapter, head or tokenizer moves probabilities far more than this.
+    if not np.allclose(got, expected, atol=0.02):
+        # A wrong model must not stay behind under the export's name.
+        shutil.rmtree(export_dir, ignore_errors=True)
+        raise UserError(f"the export in {export_dir} scores differently from the evaluated "
+                        f"checkpoint (max difference {np.abs(got - expected).max():.4f}); "
+                        f"it was removed")
