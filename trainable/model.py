@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from trainable.config import PACKAGED_MODEL, TrialConfig
-from trainable.errors import UserError
+from trainable.errors import UserError, first_line
 
 log = logging.getLogger("trainable.model")
 
@@ -55,7 +55,7 @@ def load_model_config(cfg: TrialConfig) -> Any:
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:  # OSError offline/unknown id, ValueError for unknown model_type
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise UserError(f"model {cfg.model}: cannot load its config ({reason})") from None
 
 
@@ -67,7 +67,7 @@ def load_tokenizer(cfg: TrialConfig) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model),
                                                   trust_remote_code=cfg.trust_remote_code)
     except Exception as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise UserError(f"model {cfg.model}: cannot load its tokenizer ({reason})") from None
     # transformers 5 builds an empty-vocabulary tokenizer for a folder without tokenizer
     # files; every word would become [UNK] and the trial would train on nothing.
@@ -249,7 +249,7 @@ def build_base_model(cfg: TrialConfig, device: str, precision: str) -> Any:
     except UserError:
         raise
     except Exception as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise UserError(f"model {cfg.model}: cannot load weights ({reason})") from None
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = model.config.eos_token_id  # GPT-style heads need one
@@ -293,7 +293,7 @@ def build_model(cfg: TrialConfig, device: str, precision: str) -> Any:
     try:
         model = get_peft_model(model, lora)
     except (ValueError, TypeError) as e:  # not in the model; or a LoRA layer inside the head
-        raise UserError(f"target_modules {targets}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"target_modules {targets}: {first_line(e)}") from None
     _disable_cpu_inference_repacking(model)
     return model.train()  # from_pretrained leaves eval mode, which Lightning would keep
 

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from trainable.errors import UserError
+from trainable.errors import UserError, first_line
 
 SQLITE = "sqlite:///"
 
@@ -44,7 +44,7 @@ def check_storage(storage_uri: str) -> None:
         try:
             pafs.FileSystem.from_uri(storage_uri)
         except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for unusable URIs
-            raise UserError(f"storage_path {storage_uri}: {str(e).splitlines()[0]}") from None
+            raise UserError(f"storage_path {storage_uri}: {first_line(e)}") from None
         return
     problem = folder_problem(Path(storage_uri))
     if problem:
