@@ -22,9 +22,13 @@ lets a project choose, used here:
 What MLflow does not let a project choose (3.17): the landing page of a bare experiment URL
 for a browser that has not opened MLflow before (it follows the browser's remembered GenAI /
 model-training switch, GenAI by default), whether the assistant side panel is open, the order
-of the column groups (metrics before parameters), and the parameters the compare page's
-parallel-coordinates plot starts with (the first three that differ between the runs, in
-alphabetical order: batch_size, lora_rank, lr when all four are searched).
+of the column groups (metrics before parameters), the columns' widths (a saved view's
+`columnWidths` is not applied), whether a study's row is expanded (a saved view drops
+`runsExpanded`; the view's filter leaves the parent row out instead), and the parameters the
+compare page's parallel-coordinates plot starts with (the first three that differ between the
+runs, in alphabetical order: batch_size, lora_rank, lr when all four are searched). The order
+of metrics holds for the sqlite store (the server lists them in insertion order); other
+databases may list them otherwise.
 
 No heavy imports here: `tune.run`, `tune.mirror` and `analysis` all read it.
 """
