@@ -1,0 +1,1 @@
+"""Benchmarks: scripts (`python bench/<name>.py`) and modules (`python -m bench.<name>`)."""
