@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -54,6 +55,11 @@ def run_trial(sampled: dict[str, Any], base: TrialConfig,
     import ray
 
     _quiet_logs()
+    # Ray Tune hands this process the next trial only once this one's thread has ended, and
+    # waits 2 s for that before failing the next trial ("Trainable runner reuse requires
+    # reset_config()"). A trial hands its memory back as it ends (trainable.train), which
+    # takes about a second, more on a loaded node. Ray reads this in this process, at reuse.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
     cfg = trial_config(base, sampled)
     if parallel is not None and parallel.workers > 1:
         _run_data_parallel(cfg, parallel)
