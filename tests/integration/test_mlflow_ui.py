@@ -19,11 +19,12 @@ import pytest
 
 from tests.conftest import REPO_ROOT, cli_env, run_study_cli
 
-pytestmark = pytest.mark.integration
-
 SEARCHED = ("lr", "lora_rank", "max_length", "batch_size")
 EXPERIMENT = "tests-ui"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")]
 
 
 def chromium_dom(url: str, profile: Path, timeout: float = 120) -> str:
@@ -47,8 +48,6 @@ def links(text: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def smoke(tiny_model_dir, mlflow_server, tmp_path_factory):
     """The `--smoke` study (tiny model) mirrored into the server, then compared and evaluated."""
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
     work = tmp_path_factory.mktemp("ui-study")
     proc = run_study_cli("--smoke", "--model", tiny_model_dir, "--mlflow-uri",
                          mlflow_server.uri, "--experiment", EXPERIMENT, "--storage-path",
