@@ -104,8 +104,10 @@ def test_each_finished_trial_has_its_best_adapter_as_artifact(tiny_study):
                 "trial_config.json", "metrics.json"} <= names
         assert "resume.ckpt" not in names
         history = client.get_metric_history(run.info.run_id, "val/f1")
-        best_epoch = max(history, key=lambda m: (m.value, -m.step)).step
-        assert run.data.tags["adapter_epoch"] == str(best_epoch)
+        best = max(m.value for m in history)
+        # Epochs tied for the best are all the best epoch (as analysis.best reads them): Ray
+        # keeps the newest of tied checkpoints, so the adapter may be any of them.
+        assert run.data.tags["adapter_epoch"] in {str(m.step) for m in history if m.value == best}
 
 
 def test_checkpoints_stay_bounded_and_hold_no_base_weights(tiny_study):
