@@ -101,6 +101,10 @@ def test_summary_ratios_against_the_baseline(table: replay.Curves) -> None:
     assert math.isinf(summary.loc["never", "to_target"])
     assert summary.loc["fast", "top_killed"] == pytest.approx(0.5)
     assert summary.loc["fast", "test@0.5"] == pytest.approx(0.6)
+    # A baseline whose median study never reached the target leaves the ratio undefined.
+    slow = [outcome("random", 1, math.inf), outcome("random", 2, math.inf), *outcomes[2:4]]
+    assert math.isnan(replay.summarize(slow, "random").set_index("method").loc[
+        "fast", "compute_ratio"])
 
 
 def test_correlations_and_seed_noise(table: replay.Curves) -> None:
@@ -116,7 +120,7 @@ def test_report_is_markdown_tables(table: replay.Curves) -> None:
     events = [("t1", e, 0) for e in (1, 2, 3)]
     out = [replay.judge(m, 1, events, table, 6, 0) for m in ("random", "optuna+asha")]
     text = replay.report(table, out, budget=6)
-    assert "| random | 1 |" in text and "| optuna+asha | 1 |" in text
+    assert "| random | 1 | 0.0 |" in text and "| optuna+asha | 1 |" in text
     assert "| val/ap |" in text
 
 
