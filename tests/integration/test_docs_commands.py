@@ -8,8 +8,9 @@ Commands are read from the two files (fenced blocks and inline code), not copied
   it): each study command as written plus flags that shrink it to a tiny model and one
   epoch (later flags win), every analysis command exactly as written;
 - commands with placeholders (NAME) give their one-line error on a fresh checkout.
-Left out by design: environment set-up (`python3 -m venv`, `pip install`), `python -m pytest`
-(this very run), `ray up` (needs cloud credentials; its YAML is checked by
+Left out by design: environment set-up (`python3 -m venv`, `pip install`), `make test` and
+`python -m pytest` (this very run), `make study` (the set-up, then `python tune/run.py
+--smoke`, which runs here), `ray up` (needs cloud credentials; its YAML is checked by
 tests/unit/test_cluster_config.py), `bash bench/gpu_check.sh` (needs a GPU machine; checked
 here for syntax only).
 """
@@ -79,8 +80,7 @@ def test_the_documents_show_the_commands_this_test_knows():
     assert any("analysis.predict" in c for c in commands)
     assert any("runs/quality/mlflow.db" in c for c in commands)
     others = [c for c in commands if not c.startswith(("python", "/usr/bin/time", *SETUP))]
-    assert sorted(others) == ["bash bench/gpu_check.sh",
-                              "mlflow ui --backend-store-uri sqlite:///mlflow.db",
+    assert sorted(others) == ["bash bench/gpu_check.sh", "make study", "make test",
                               "ray up cluster/cluster.yaml"], others
 
 
