@@ -185,8 +185,13 @@ def shared_data_dir() -> Path:
 
 
 def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for a CLI subprocess: offline, quiet tokenizers, plus `env`."""
-    merged = dict(os.environ)
+    """The environment for a CLI subprocess: offline, quiet tokenizers, plus `env`.
+
+    Without the MLflow URIs of this test process: `mlflow.set_tracking_uri`, which commands
+    run in-process by earlier tests call, exports them, and a subprocess would follow them to
+    an earlier test's server."""
+    merged = {k: v for k, v in os.environ.items()
+              if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     merged.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     merged.update(env or {})
     return merged
