@@ -39,12 +39,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tune.space import DEFAULT_SEARCHED
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "curves"
 RUNS_DIR = "runs"
 META = "meta.json"
-# The searched fields of a recorded configuration, in the order of the default space.
-FIELDS = ("lr", "lora_rank", "max_length", "batch_size")
+# The searched fields of a recorded configuration: the default space's.
+FIELDS = DEFAULT_SEARCHED
 # The grid: lr on a log grid spanning the table's default range (1e-4 to 3e-3: the centres
 # of three equal log bins), the two ends of the rank and batch-size choices, and max_length
 # at the middle choice only: 1.2% of training clauses exceed 128 tokens, 11.5% exceed 64, so
