@@ -63,7 +63,8 @@ def test_champion_follows_the_best_rule_and_judge_counts_kills(table: replay.Cur
     curve = replay.champion_curve(events, table, 0)
     assert len(curve) == 4
     out = replay.judge("m", 1, events, table, budget=8, realization=0)
-    assert out.trial_epochs == 4 and out.trials == 2
+    assert out.trial_epochs == 4 and out.trials == 2 and out.distinct == 2
+    assert out.exhaustive == pytest.approx(replay.replay_exhaustive(table, 0))
     assert out.grid_best == pytest.approx(champ.max())
     assert out.best_started == 1 and out.best_killed == 1
     # At 25% of the budget (2 trial-epochs) the champion is whichever of the two had the
@@ -89,22 +90,24 @@ def test_epochs_to_target_is_the_first_report_within_tolerance(table: replay.Cur
 
 def test_summary_ratios_against_the_baseline(table: replay.Curves) -> None:
     def outcome(method: str, seed: int, steps: float) -> replay.Outcome:
-        return replay.Outcome(method, seed, 12, 4, steps, [0.5, 0.6, 0.7], 0.7, 2, 1, 1, 0)
+        return replay.Outcome(method, seed, 12, 4, 3, steps, steps + 1, [0.5, 0.6, 0.7], 0.7,
+                              0.65, 2, 1, 1, 0)
 
     outcomes = [outcome("random", 1, 10), outcome("random", 2, 12),
                 outcome("fast", 1, 4), outcome("fast", 2, 6), outcome("never", 1, math.inf),
                 outcome("never", 2, math.inf)]
     summary = replay.summarize(outcomes, "random").set_index("method")
-    assert summary.loc["random", "compute_ratio"] == pytest.approx(1.0)
-    assert summary.loc["fast", "compute_ratio"] == pytest.approx(5 / 11)
-    assert summary.loc["never", "reached"] == 0.0
+    assert summary.loc["random", "to_target_ratio"] == pytest.approx(1.0)
+    assert summary.loc["fast", "to_target_ratio"] == pytest.approx(5 / 11)
+    assert summary.loc["fast", "to_exhaustive_ratio"] == pytest.approx(6 / 12)
+    assert summary.loc["never", "to_target_reached"] == 0.0
     assert math.isinf(summary.loc["never", "to_target"])
     assert summary.loc["fast", "top_killed"] == pytest.approx(0.5)
     assert summary.loc["fast", "test@0.5"] == pytest.approx(0.6)
     # A baseline whose median study never reached the target leaves the ratio undefined.
     slow = [outcome("random", 1, math.inf), outcome("random", 2, math.inf), *outcomes[2:4]]
     assert math.isnan(replay.summarize(slow, "random").set_index("method").loc[
-        "fast", "compute_ratio"])
+        "fast", "to_target_ratio"])
 
 
 def test_correlations_and_seed_noise(table: replay.Curves) -> None:
@@ -120,7 +123,7 @@ def test_report_is_markdown_tables(table: replay.Curves) -> None:
     events = [("t1", e, 0) for e in (1, 2, 3)]
     out = [replay.judge(m, 1, events, table, 6, 0) for m in ("random", "optuna+asha")]
     text = replay.report(table, out, budget=6)
-    assert "| random | 1 | 0.0 |" in text and "| optuna+asha | 1 |" in text
+    assert "| random | 1 | 0.0 | 3 | 1 |" in text and "| optuna+asha | 1 |" in text
     assert "| val/ap |" in text
 
 
