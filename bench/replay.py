@@ -283,7 +283,7 @@ def judge(method: str, seed: int, events: Sequence[tuple[str, int, int]], curves
                    top_started=sum(c in top for c in started),
                    top_killed=sum(c in top for c in killed),
                    best_started=started.count(best), best_killed=killed.count(best),
-                   seconds=seconds, champion=champion)
+                   seconds=round(seconds, 2), champion=[round(v, 5) for v in champion])
 
 
 def summarize(outcomes: Sequence[Outcome], baseline: str) -> pd.DataFrame:
@@ -520,8 +520,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="the baseline's trials (its budget: trials x the recorded epochs)")
     p.add_argument("--max-concurrent", type=int, default=2)
     p.add_argument("--out", type=Path, default=None,
-                   help="a JSON-lines file of per-study outcomes (default: CURVES/replay.jsonl); "
-                        "studies already in it are not run again")
+                   help="a JSON-lines file of per-study outcomes and their events (default: "
+                        "runs/replay/<CURVES folder name>.jsonl); studies already in it are not "
+                        "run again")
     p.add_argument("--plot", type=Path, default=None, help="write a plot here (png)")
     p.add_argument("--only", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="replay the sub-grid with just these values (a partial recording's "
@@ -550,8 +551,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     only = parse_only(args.only)
     curves = build_curves(*load_curves(args.curves), only=only)
-    out = args.out or args.curves / ("replay.jsonl" if not only else "replay-" + "-".join(
-        f"{k}{'+'.join(map(str, v))}" for k, v in only.items()) + ".jsonl")
+    out = args.out or Path("runs") / "replay" / (args.curves.resolve().name + "".join(
+        f"-{k}{'+'.join(map(str, v))}" for k, v in only.items()) + ".jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
     budget = args.trials * curves.epochs
     done = _read_outcomes(out)
     todo = [(m, s) for m in args.methods for s in range(1, args.seeds + 1)
