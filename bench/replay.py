@@ -444,7 +444,7 @@ def replay_trial(sampled: dict[str, Any], base: Any, parallel: Any = None, curve
         metrics = {k: float(v) for k, v in row.items() if k.startswith(("val/", "test/", "train/"))}
         metrics["val/f1_logged"] = metrics["val/f1"]
         tune.report({**metrics, OBJECTIVE.metric: float(row[signal]), "epoch": epoch,
-                     "grid_config": config, "curve_seed": seed})
+                     "grid_config": config, "curve_seed": seed, "reported_at": time.time()})
 
 
 def _arrival_log() -> Any:
@@ -465,6 +465,16 @@ def _arrival_log() -> Any:
     return ArrivalLog()
 
 
+def grid_space(curves: Curves, snap_lr: bool = False) -> tuple[Any, ...]:
+    """The grid's own search space: the `tune.space` table with every recorded dimension a
+    choice over the recorded values (lr kept log-uniform with `snap_lr`)."""
+    from tune.space import CHOICE, DIMENSIONS, Dimension
+
+    return tuple(d if d.name not in curves.grid or snap_lr and d.name == "lr" else
+                 Dimension(d.name, CHOICE, choices=curves.grid[d.name], type=d.type,
+                           key=d.key or f"{d.name}s") for d in DIMENSIONS)
+
+
 def replay_study(curves_dir: Path, curves: Curves, method: Method, seed: int, num_trials: int,
                  storage: Path, max_concurrent: int = 2, realization: int | None = None,
                  only: dict[str, tuple[Any, ...]] | None = None
@@ -472,14 +482,10 @@ def replay_study(curves_dir: Path, curves: Curves, method: Method, seed: int, nu
     """Run one study of `method` over the recording through the driver; (events, seconds)."""
     from trainable.config import TrialConfig
     from tune.driver import _tuner
-    from tune.space import CHOICE, DIMENSIONS, Dimension
     from tune.study import StudyConfig
 
     started = time.time()
-    # The grid's own space: every searched dimension a choice over the recorded values.
-    space = tuple(d if d.name not in curves.grid or method.snap_lr and d.name == "lr" else
-                  Dimension(d.name, CHOICE, choices=curves.grid[d.name], type=d.type,
-                            key=d.key or f"{d.name}s") for d in DIMENSIONS)
+    space = grid_space(curves, snap_lr=method.snap_lr)
     study = StudyConfig(
         name=f"replay-{method.name.replace(' ', '-').replace('+', '-')}-{seed}",
         num_trials=num_trials, max_concurrent=max_concurrent, cpus_per_trial=1.0,

@@ -114,8 +114,11 @@ def check_trial_inputs(study: StudyConfig, base: TrialConfig) -> None:
     data.load_splits(base, with_test=False)
 
 
-def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False) -> StudySummary:
-    """Run (or resume) a study; return its summary once every trial has ended or it stopped."""
+def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False,
+              trial_fn: Any = None) -> StudySummary:
+    """Run (or resume) a study; return its summary once every trial has ended or it stopped.
+    `trial_fn` stands in for `tune.trial.run_trial` (`bench.scale` replays recorded curves
+    through the whole driver, MLflow mirror included)."""
     import ray
 
     started = time.time()
@@ -148,7 +151,7 @@ def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False) -> St
                  "run %s", study.name, study.num_trials, study.max_concurrent,
                  describe_resources(study, gpus), study.experiment_path, parent_id)
         tuner = _tuner(study, base, gpus, restore=resume and tune.Tuner.can_restore(
-            study.experiment_path))
+            study.experiment_path), trial_fn=trial_fn)
         interrupted = False
         try:
             tuner.fit()
