@@ -148,12 +148,16 @@ def build_curves(frame: pd.DataFrame, meta: dict[str, Any],
                  only: dict[str, tuple[Any, ...]] | None = None) -> Curves:
     """The lookup table of a recording (`bench.curves.load_curves`); with `only`, of the
     sub-grid that keeps just those values of some dimensions (e.g. a partial recording's
-    first half, `{"lora_rank": (4,)}`)."""
+    first half, `{"lora_rank": (4,)}`), and with `only["seed"]` just those training seeds'
+    runs."""
     from bench.curves import grid_configs
 
     y_val, y_test = labels(meta, "validation"), labels(meta, "test")
     grid = {k: tuple(v) for k, v in meta["grid"].items()}
-    for name, values in (only or {}).items():
+    only = dict(only or {})
+    if "seed" in only:
+        frame = frame[frame["seed"].isin(only.pop("seed"))]
+    for name, values in only.items():
         kept = tuple(v for v in grid[name] if v in values)
         if not kept:
             raise ValueError(f"--only {name}: none of {list(values)} is on the grid "
@@ -532,22 +536,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", type=Path, default=None, help="write a plot here (png)")
     p.add_argument("--only", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="replay the sub-grid with just these values (a partial recording's "
-                        "first half: --only lora_rank=4)")
+                        "first half: --only lora_rank=4), or just one training seed's curves "
+                        "(--only seed=42)")
     return p.parse_args(argv)
 
 
 def parse_only(items: Sequence[str]) -> dict[str, tuple[Any, ...]]:
-    """`lora_rank=4 lr=1.8e-4` to {"lora_rank": (4,), "lr": (0.00018,)} (values cast as the
-    search-space table casts them; a field named twice keeps both values)."""
+    """`lora_rank=4 lr=1.8e-4 seed=42` to {"lora_rank": (4,), "lr": (0.00018,), "seed": (42,)}
+    (values cast as the search-space table casts them; a field named twice keeps both)."""
     from tune.space import BY_NAME
 
     only: dict[str, tuple[Any, ...]] = {}
     for item in items:
         name, _, value = item.partition("=")
-        if name not in FIELDS or not value:
+        if name not in (*FIELDS, "seed") or not value:
             raise SystemExit(f"--only {item}: expected FIELD=VALUE with FIELD one of "
-                             f"{', '.join(FIELDS)}")
-        only[name] = (*only.get(name, ()), BY_NAME[name].cast(float(value)))
+                             f"{', '.join(FIELDS)}, seed")
+        cast = int if name == "seed" else BY_NAME[name].cast
+        only[name] = (*only.get(name, ()), cast(float(value)))
     return only
 
 
@@ -571,7 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _replay_all(args, curves, todo, budget, out, only)
     outcomes = _read_outcomes(out)
     outcomes = [o for o in outcomes if o.method in args.methods and o.seed <= args.seeds]
-    print(report(curves, outcomes, budget))
+    # Seed noise needs both training seeds, also when the replays use one.
+    full = curves if "seed" not in only else build_curves(
+        *load_curves(args.curves), only={k: v for k, v in only.items() if k != "seed"})
+    print(report(curves, outcomes, budget, noise=seed_noise(full)))
     if args.plot:
         plot(curves, outcomes, budget, args.plot)
         print(f"plot: {args.plot}")
@@ -632,8 +641,10 @@ def _read_outcomes(path: Path) -> list[Outcome]:
     return outcomes
 
 
-def report(curves: Curves, outcomes: Sequence[Outcome], budget: int) -> str:
-    """The replay table, the correlation table and the seed noise, as markdown."""
+def report(curves: Curves, outcomes: Sequence[Outcome], budget: int,
+           noise: dict[str, float] | None = None) -> str:
+    """The replay table, the correlation table and the seed noise (default: `curves`'s), as
+    markdown."""
     lines = []
     grid0 = curves.champion_test(0)
     exhaustive = replay_exhaustive(curves, 0)
@@ -676,7 +687,7 @@ def report(curves: Curves, outcomes: Sequence[Outcome], budget: int) -> str:
               "|---|" + "---:|" * (len(corr.columns) - 1)]
     for _, r in corr.iterrows():
         lines.append(f"| {r['signal']} | " + " | ".join(f"{v:.2f}" for v in r.iloc[1:]) + " |")
-    noise = seed_noise(curves)
+    noise = noise or seed_noise(curves)
     lines += ["", f"seed noise over {noise['pairs']:.0f} configurations with two seeds: mean "
               f"|difference| final test F1 {noise['final test/f1']:.3f}, final val F1 "
               f"{noise['final val/f1']:.3f}"]

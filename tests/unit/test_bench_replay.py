@@ -46,6 +46,21 @@ def test_table_holds_every_configuration_with_its_recorded_seeds(table: replay.C
     assert drawn == {42, 43}
 
 
+def test_one_training_seed_can_be_replayed_alone(tmp_path) -> None:
+    folder = write_recording(tmp_path / "curves")
+    only = replay.parse_only(["seed=43"])
+    assert only == {"seed": (43,)}
+    # Seed 43 was recorded for two configurations only: a replay over it lacks the rest.
+    with pytest.raises(ValueError, match="lacks 6 of 8"):
+        replay.build_curves(*bc.load_curves(folder), only=only)
+    first = replay.build_curves(*bc.load_curves(folder), only={"seed": (42,)})
+    assert set(first.seeds.values()) == {(42,)}
+    assert set(first.table.index.get_level_values("seed")) == {42}
+    # It keeps the grid and combines with a sub-grid.
+    half = replay.build_curves(*bc.load_curves(folder), only={"seed": (42,), "lora_rank": (4,)})
+    assert len(first.configs) == 8 and len(half.configs) == 4
+
+
 def test_a_sampled_configuration_maps_onto_the_grid(table: replay.Curves) -> None:
     sampled = {"lr": np.float64(1e-3), "lora_rank": np.int64(32), "max_length": 64,
                "batch_size": 8}
