@@ -75,7 +75,9 @@ def make_searcher(study: StudyConfig) -> Any:
     if study.search == "random":
         from ray.tune.search import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=study.search_seed)
+        # Tune applies max_concurrent_trials to a Searcher only; the generator takes its own.
+        return BasicVariantGenerator(random_state=study.search_seed,
+                                     max_concurrent=study.max_concurrent)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
