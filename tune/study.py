@@ -13,10 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from trainable.config import TrialConfig, replace_checked
+from trainable.config import OBJECTIVE, TrialConfig, replace_checked
 from trainable.errors import UserError
 from tune.records import read_study_json, write_study_json
 from tune.space import DEFAULT_SEARCHED, DIMENSIONS, SETTING_KEYS, Dimension, space_from_settings
+
+# What a study may rank trials on while it runs (StudyConfig.search_metric), and the
+# direction of each: metrics every trial logs for its validation split.
+SEARCH_METRICS = {OBJECTIVE.metric: OBJECTIVE.mode, "val/ap": "max", "val/loss": "min"}
 
 
 @dataclass(frozen=True)
@@ -45,10 +49,14 @@ class StudyConfig:
     (`lr_min`, `lora_ranks`, ...) or a config file's `space:` section."""
     search: Literal["optuna", "random"] = "optuna"
     """Optuna TPE, or random sampling (the baseline for benchmarks)."""
+    search_metric: Literal["val/f1", "val/ap", "val/loss"] = "val/f1"
+    """What Optuna and ASHA rank trials on while the study runs: the objective itself, or a
+    steadier signal from the same validation clauses (val/ap, the average precision of
+    P(unfair); val/loss). The champion is picked by the objective either way."""
     startup_trials: int | None = None
     """Random trials before TPE takes over; None sizes it to the budget (a third, 2 to 10)."""
     scheduler: Literal["asha", "none"] = "asha"
-    """ASHA early stopping on the objective, or every trial runs all its epochs."""
+    """ASHA early stopping on the search metric, or every trial runs all its epochs."""
     grace_period: int | None = None
     """Epochs every trial gets before ASHA may stop it; None: a quarter of the epochs (at
     least 1), since first-epoch F1 on a rare class says little about the last."""
@@ -92,6 +100,9 @@ class StudyConfig:
                             f"(got {list(self.searched)})")
         if self.search not in ("optuna", "random"):
             raise UserError(f"search must be optuna or random (got {self.search!r})")
+        if self.search_metric not in SEARCH_METRICS:
+            raise UserError(f"search_metric must be one of {', '.join(SEARCH_METRICS)} (got "
+                            f"{self.search_metric!r})")
         if self.scheduler not in ("asha", "none"):
             raise UserError(f"scheduler must be asha or none (got {self.scheduler!r})")
         if self.startup_trials is not None:
@@ -107,6 +118,11 @@ class StudyConfig:
             raise UserError("storage_path must be a folder or an s3:// URI")
         if not str(self.experiment).strip():
             raise UserError("experiment must be a non-empty MLflow experiment name")
+
+    @property
+    def search_mode(self) -> str:
+        """Whether a higher or lower `search_metric` is better."""
+        return SEARCH_METRICS[self.search_metric]
 
     @property
     def n_startup_trials(self) -> int:

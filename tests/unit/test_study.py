@@ -48,6 +48,7 @@ def test_defaults_are_valid_and_sized_to_the_budget():
         ({"max_failures": -1}, "max_failures"),
         ({"search": "grid"}, "search"),
         ({"scheduler": "pbt"}, "scheduler"),
+        ({"search_metric": "val/accuracy"}, "search_metric"),
         ({"name": "../escape"}, "study name"),
         ({"name": ""}, "study name"),
         ({"searched": ("lr", "dropout")}, "searched"),
