@@ -194,6 +194,11 @@ def subsample(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     return pd.concat(kept).sort_index().reset_index(drop=True)
 
 
+# Batch key of each clause's row in its split: per-clause predictions go back in split order
+# whatever the sampler (length-sorted, or split over DDP ranks).
+INDEX = "index"
+
+
 class ClauseDataset(Dataset):
     """Tokenized clauses, unpadded; the collator pads each batch."""
 
@@ -201,7 +206,7 @@ class ClauseDataset(Dataset):
         enc = tokenizer(frame["text"].tolist(), truncation=True, max_length=max_length)
         keys = list(enc.keys())
         self.items = [
-            {**{k: enc[k][i] for k in keys}, "labels": int(label)}
+            {**{k: enc[k][i] for k in keys}, "labels": int(label), INDEX: i}
             for i, label in enumerate(frame["label"].tolist())
         ]
         self.lengths = [len(item["input_ids"]) for item in self.items]

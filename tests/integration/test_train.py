@@ -13,7 +13,14 @@ import pytest
 from safetensors import safe_open
 
 from tests.conftest import error_lines
-from trainable.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METRICS, RESUME, TRIAL_CONFIG
+from trainable.adapter import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    METRICS,
+    RESUME,
+    TRIAL_CONFIG,
+    VALIDATION_SCORES,
+)
 from trainable.config import EVAL_METRICS, OBJECTIVE, TrialConfig
 from trainable.errors import UserError
 from trainable.train import ADAPTER_DIR, CHECKPOINTS_DIR, main, train
@@ -132,6 +139,25 @@ def test_report_is_called_once_per_epoch_with_a_complete_folder(trial):
     for r in trial.reports:
         assert r.files is not None, f"{r.folder} did not exist when reported"
         assert {ADAPTER_WEIGHTS, ADAPTER_CONFIG, TRIAL_CONFIG, METRICS, RESUME} <= set(r.files)
+
+
+def test_each_epoch_keeps_its_validation_scores_which_give_its_logged_metrics(trial):
+    """Per clause, in split order, with the labels: analysis bootstraps val/f1 from them."""
+    from analysis.evaluate import binary_metrics
+    from trainable.data import load_splits
+
+    labels = load_splits(trial.cfg).validation["label"].tolist()
+    for r in trial.reports:
+        epoch = int(r.metrics["epoch"])
+        saved = json.loads((trial.copies / f"epoch-{epoch}" / VALIDATION_SCORES).read_text())
+        assert saved["epoch"] == epoch
+        assert saved["labels"] == "".join(map(str, labels))
+        assert len(saved["scores"]) == len(labels)
+        again = binary_metrics(labels, saved["scores"], 0.5)
+        for name in ("f1", "precision", "recall", "accuracy"):
+            assert again[name] == pytest.approx(r.metrics[f"val/{name}"], abs=1e-6), name
+    best = json.loads((trial.out / ADAPTER_DIR / VALIDATION_SCORES).read_text())
+    assert best["epoch"] == trial.result.best_epoch
 
 
 def test_saved_adapter_reproduces_the_test_metrics(trial, tmp_path):
