@@ -143,6 +143,13 @@ def interval(value: float, distribution: np.ndarray, confidence: float = CONFIDE
     return Interval(float(value), float(low), float(high))
 
 
+def f1_score(labels: Sequence[int], scores: Sequence[float], threshold: float) -> float:
+    """Unfair-class F1 at `threshold` on the whole split (as `binary_metrics`, without sklearn)."""
+    y, s = _checked(labels, scores)
+    return float(metrics_from_counts(confusion(y, (s >= threshold)[None, :],
+                                               np.ones((1, len(y)))))["f1"][0, 0])
+
+
 def metric_intervals(labels: Sequence[int], scores: Sequence[float], threshold: float,
                      resamples: int = RESAMPLES, seed: int = SEED,
                      confidence: float = CONFIDENCE) -> dict[str, Interval]:
