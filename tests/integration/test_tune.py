@@ -101,7 +101,7 @@ def test_each_finished_trial_has_its_best_adapter_as_artifact(tiny_study):
     for run in children:
         names = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "adapter")}
         assert {"adapter_model.safetensors", "adapter_config.json",
-                "trial_config.json", "metrics.json"} <= names
+                "trial_config.json", "metrics.json", "validation_scores.json"} <= names
         assert "resume.ckpt" not in names
         history = client.get_metric_history(run.info.run_id, "val/f1")
         best = max(m.value for m in history)
