@@ -1,4 +1,5 @@
-"""Which decision threshold holds up on test: 0.5, the validation-optimal one, or the rule.
+"""Which decision threshold holds up on test: 0.5, the validation-optimal one, or the rule;
+and how far apart the top models of a recording really are.
 
     python -m bench.threshold                        # the recording in bench/curves
     python -m bench.threshold /path/to/curves --resamples 1000
@@ -18,6 +19,10 @@ mean, how many models it wins and loses, the worst loss), over every model and o
 models a study would pick (the top quarter by the objective, validation F1 at 0.5). The
 models are not independent (epochs of one run, runs of one grid): read the counts as
 counts, not as a test.
+
+Then the top models by the objective, bootstrapped as `analysis.compare` does it (each
+one's validation F1 with its interval, and the share of resamples in which it is the best,
+on the same resamples), beside their test F1 with its interval.
 """
 
 from __future__ import annotations
@@ -31,7 +36,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.bootstrap import RESAMPLES, SUPPORT, choose_threshold
+from analysis.bootstrap import (
+    RESAMPLES,
+    SUPPORT,
+    choose_threshold,
+    compare_trials,
+    format_share,
+    metric_intervals,
+)
 from analysis.evaluate import binary_metrics, f1_optimal_threshold
 from bench.curves import DEFAULT_OUT, FIELDS, labels, load_curves
 
@@ -79,6 +91,26 @@ def picked(table: pd.DataFrame, share: float = 0.25) -> pd.DataFrame:
     return table[table["val 0.5"] >= table["val 0.5"].quantile(1 - share)]
 
 
+def top_models(frame: pd.DataFrame, meta: dict[str, Any], k: int = 5,
+               resamples: int = RESAMPLES) -> pd.DataFrame:
+    """The top `k` (run, epoch) models by validation F1 at 0.5: its interval and best-in share
+    over validation resamples shared by all of them, and test F1 with its interval."""
+    y_val, y_test = labels(meta, "validation"), labels(meta, "test")
+    top = frame.sort_values("val/f1", ascending=False, kind="stable").head(k)
+    names = [f"lr {r['lr']:.1e} r{r['lora_rank']} bs{r['batch_size']} s{r['seed']} epoch "
+             f"{r['epoch']}" for _, r in top.iterrows()]
+    compared = compare_trials(y_val, {n: np.asarray(p, float) for n, p in zip(
+        names, top["val_proba"], strict=True)}, resamples=resamples)
+    rows = []
+    for c, test in zip(compared, top["test_proba"], strict=True):
+        t = metric_intervals(y_test, np.asarray(test, float), 0.5, resamples)["f1"]
+        rows.append({"model": c.trial_id, "val F1": c.f1.value,
+                     "val interval": f"{c.f1.low:.3f}-{c.f1.high:.3f}",
+                     "best in": format_share(c.best_share), "test F1": t.value,
+                     "test interval": f"{t.low:.3f}-{t.high:.3f}"})
+    return pd.DataFrame(rows)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.threshold", description=__doc__.split("\n")[0])
     p.add_argument("curves", nargs="?", type=Path, default=DEFAULT_OUT,
@@ -110,6 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nthe models a study would pick ({len(top)}: the top quarter by validation F1 "
           f"at 0.5):")
     print(summary(top).to_string())
+    print(f"\nthe top 5 models by validation F1 at 0.5: 95% intervals from {args.resamples} "
+          f"resamples by clause (validation: the same resamples for every model); best in: "
+          f"share of validation resamples in which the model has the highest F1")
+    print(top_models(frame, meta, resamples=args.resamples).to_string(index=False))
     return 0
 
 
