@@ -197,7 +197,7 @@ class Evaluation:
         """How sure the choice is, in lines: the top trials' validation intervals, the
         threshold and why, and the test metrics at it with intervals (printed by
         `analysis.best` and written into the registered model's description)."""
-        from analysis.bootstrap import format_share
+        from analysis.bootstrap import CONFIDENCE, RESAMPLES, format_share
 
         lines = []
         top = self.top_trials
@@ -223,11 +223,13 @@ class Evaluation:
                          f"{rule['required']:.0%} required; F1-optimal on all of validation: "
                          f"{self.tuned_threshold:.4f})")
         if self.test_intervals:
-            shown = ", ".join(f"{name.replace('_', '-')} {iv['value']:.3f} "
+            names = {"f1": "F1", "macro_f1": "macro-F1"}
+            shown = ", ".join(f"{names.get(name, name)} {iv['value']:.3f} "
                               f"[{iv['low']:.3f}, {iv['high']:.3f}]"
                               for name, iv in self.test_intervals.items())
             lines.append(f"test ({self.sizes.get('test', '?')} clauses) at threshold "
-                         f"{self.threshold:.4f}: {shown} (95% intervals, test clauses resampled)")
+                         f"{self.threshold:.4f}: {shown} ({CONFIDENCE:.0%} intervals, "
+                         f"{RESAMPLES} resamples of the test clauses)")
         return lines
 
 

@@ -230,7 +230,7 @@ def test_the_registered_model_and_the_export_say_how_sure_the_choice_is(best):
         assert f"trial {run.data.tags['trial_id']}, epoch {run.data.tags['epoch']}" in description
         assert "intervals from 1000 resamples" in description and "best in" in description
         assert f"threshold {run.data.metrics['threshold']:.4f}: " in description
-        assert "test (" in description and "macro-f1" in description
+        assert "test (" in description and "macro-F1" in description
     saved = json.loads((best["export"] / "threshold.json").read_text())
     assert saved["threshold"] == run.data.metrics["threshold"]
     assert saved["evidence"]["support"] == run.data.metrics["threshold_support"]
