@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from analysis.bootstrap import DEFAULT_THRESHOLD
 from analysis.evaluate import Evaluation, check_export, evaluate, write_plots
 from analysis.register import CHAMPION, DEFAULT_MODEL_NAME, log_and_register, write_export
 from analysis.select import choose, compare_top, fetch_checkpoint
@@ -77,7 +78,8 @@ def run(args: Any) -> tuple[Study, Evaluation, str, str, Path]:
         plots_dir.mkdir()
         plots = write_plots(evaluation, curves, plots_dir)
         threshold = {"threshold": evaluation.threshold, "chosen_on": "validation",
-                     "validation_f1": evaluation.metrics["val_chosen"]["f1"], "default": 0.5,
+                     "validation_f1": evaluation.metrics["val_chosen"]["f1"],
+                     "default": DEFAULT_THRESHOLD,
                      "tuned": evaluation.tuned_threshold, "evidence": evaluation.threshold_rule}
         export = write_export(adapter_dir, args.export_dir, tokenizer, threshold, evaluation)
         for path in plots:
@@ -109,10 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"test split ({ev.sizes['test']} clauses, data {ev.data}):")
     header = f"  {'':34s} {'F1':>6s} {'prec':>6s} {'recall':>6s} {'macroF1':>7s}  tn/fp/fn/tp"
     print(header)
-    used = " (used)" if ev.threshold == 0.5 else ""
-    rows = [(f"model @ 0.5{used}", m["test"]),
+    used = " (used)" if ev.threshold == DEFAULT_THRESHOLD else ""
+    rows = [(f"model @ {DEFAULT_THRESHOLD:g}{used}", m["test"]),
             (f"model @ {ev.tuned_threshold:.4f} (F1-opt. on val)", m["test_tuned"])]
-    if ev.threshold not in (0.5, ev.tuned_threshold):
+    if ev.threshold not in (DEFAULT_THRESHOLD, ev.tuned_threshold):
         rows.append((f"model @ {ev.threshold:.4f} (used)", m["test_chosen"]))
     rows.append((f"TF-IDF + LinearSVC (C={ev.baseline_C:g})", m["baseline_test"]))
     for name, r in rows:

@@ -241,7 +241,7 @@ def evaluate(adapter_dir: Path, data: str | None) -> tuple[Evaluation, Any, Any]
     split is the one the trial trained on (same subsample); validation and test are whole.
     Scoring shows a progress bar on a terminal.
     """
-    from analysis.bootstrap import choose_threshold, metric_intervals
+    from analysis.bootstrap import DEFAULT_THRESHOLD, choose_threshold, metric_intervals
     from analysis.evaluate import binary_metrics, f1_optimal_threshold, tfidf_baseline
     from trainable.cli import progress_bar
     from trainable.data import load_splits
@@ -263,8 +263,8 @@ def evaluate(adapter_dir: Path, data: str | None) -> tuple[Evaluation, Any, Any]
     tuned, tuned_f1 = f1_optimal_threshold(labels["val"], probs["val"])
     choice = choose_threshold(labels["val"], probs["val"])
     baseline = tfidf_baseline(splits.train, splits.validation, splits.test, seed=cfg.seed)
-    metrics = {"val": binary_metrics(labels["val"], probs["val"], 0.5),
-               "test": binary_metrics(labels["test"], probs["test"], 0.5),
+    metrics = {"val": binary_metrics(labels["val"], probs["val"], DEFAULT_THRESHOLD),
+               "test": binary_metrics(labels["test"], probs["test"], DEFAULT_THRESHOLD),
                "val_tuned": binary_metrics(labels["val"], probs["val"], tuned),
                "test_tuned": binary_metrics(labels["test"], probs["test"], tuned),
                "val_chosen": binary_metrics(labels["val"], probs["val"], choice.threshold),
@@ -289,6 +289,7 @@ def evaluate(adapter_dir: Path, data: str | None) -> tuple[Evaluation, Any, Any]
 def write_plots(evaluation: Evaluation, curves: dict[str, Any], out_dir: Path) -> list[Path]:
     """Confusion matrices (model at 0.5, at the validation-optimal threshold and at the one
     used when it is neither; baseline) and test precision-recall curves."""
+    from analysis.bootstrap import DEFAULT_THRESHOLD
     from analysis.evaluate import plot_confusion_matrices, plot_precision_recall
 
     m = evaluation.metrics
@@ -296,7 +297,7 @@ def write_plots(evaluation: Evaluation, curves: dict[str, Any], out_dir: Path) -
               f"model @ {evaluation.tuned_threshold:.3f} (F1-optimal on val)": m["test_tuned"]}
     marks = {"model @ 0.5": (m["test"]["recall"], m["test"]["precision"]),
              "model @ F1-optimal on val": (m["test_tuned"]["recall"], m["test_tuned"]["precision"])}
-    if evaluation.threshold not in (0.5, evaluation.tuned_threshold):
+    if evaluation.threshold not in (DEFAULT_THRESHOLD, evaluation.tuned_threshold):
         panels[f"model @ {evaluation.threshold:.3f} (used)"] = m["test_chosen"]
         marks["model @ threshold used"] = (m["test_chosen"]["recall"],
                                            m["test_chosen"]["precision"])
