@@ -13,6 +13,7 @@ validation scores).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterable
@@ -243,13 +244,14 @@ def best_checkpoint(folders: list[str]) -> tuple[str, dict[str, Any]] | None:
 
 def check_validation_scores(data: Any) -> dict[str, Any] | None:
     """Validation scores as `trainable.adapter.save_adapter` writes them (`epoch`, `labels` as
-    a 0/1 string, `scores` one per label), or None when `data` is not that."""
+    a 0/1 string, `scores` one finite number per label), or None when `data` is not that."""
     if not isinstance(data, dict):
         return None
     labels, scores = data.get("labels"), data.get("scores")
     if not (isinstance(labels, str) and labels and set(labels) <= {"0", "1"}
             and isinstance(scores, list) and len(scores) == len(labels)
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in scores)
             and isinstance(data.get("epoch"), (int, float))):
         return None
     return {"epoch": int(data["epoch"]), "labels": labels, "scores": [float(v) for v in scores]}

@@ -294,3 +294,18 @@ def test_compare_and_its_bootstrap_import_neither_torch_nor_lightning_nor_ray():
                          cwd=Path(__file__).resolve().parents[2], timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("data", [
+    None, [], {"epoch": 2, "labels": "01", "scores": [0.1]},
+    {"epoch": 2, "labels": "02", "scores": [0.1, 0.2]},
+    {"epoch": 2, "labels": "01", "scores": [0.1, float("nan")]},
+    {"epoch": 2, "labels": "01", "scores": [0.1, True]},
+    {"labels": "01", "scores": [0.1, 0.2]}, {"epoch": 2, "labels": "", "scores": []},
+])
+def test_malformed_validation_scores_are_not_read(data):
+    from tune.records import check_validation_scores
+
+    assert check_validation_scores(data) is None
+    assert check_validation_scores({"epoch": 2, "labels": "01", "scores": [0.1, 1]}) == {
+        "epoch": 2, "labels": "01", "scores": [0.1, 1.0]}
