@@ -16,6 +16,7 @@ Light on purpose (numpy only): `analysis.compare` imports it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -72,24 +73,19 @@ class ThresholdChoice:
     required: float
     default: float
     resamples: int
+    trusted: bool = True
+    """False when the model trained on these clauses: the default stays, whatever they say."""
 
     @property
     def moved(self) -> bool:
         """Whether the evidence moved the threshold off the default."""
-        return self.support >= self.required
-
-    def describe(self) -> str:
-        """One line: which threshold and why."""
-        verdict = "moved to the resamples' median" if self.moved else f"kept at {self.default:g}"
-        return (f"threshold {self.threshold:.4f}: {verdict} (tuning beat {self.default:g} on "
-                f"left-out validation clauses in {self.support:.0%} of {self.resamples} resamples, "
-                f"{self.required:.0%} required; F1-optimal on all of validation: {self.tuned:.4f})")
+        return self.trusted and self.support >= self.required
 
     def to_dict(self) -> dict[str, float | int | bool | str]:
         """Plain JSON-able dict (as threshold.json records it)."""
         return {"threshold": self.threshold, "tuned": self.tuned, "bagged": self.bagged,
                 "support": self.support, "required": self.required, "default": self.default,
-                "resamples": self.resamples, "moved": self.moved,
+                "resamples": self.resamples, "moved": self.moved, "trusted": self.trusted,
                 "rule": "bagged F1-optimal threshold when tuning beats the default out of bag "
                         "in at least `required` of validation resamples, else the default"}
 
@@ -201,14 +197,16 @@ def optimal_thresholds(labels: Sequence[int], scores: Sequence[float],
 
 def choose_threshold(labels: Sequence[int], scores: Sequence[float],
                      default: float = DEFAULT_THRESHOLD, required: float = SUPPORT,
-                     resamples: int = RESAMPLES, seed: int = SEED) -> ThresholdChoice:
+                     resamples: int = RESAMPLES, seed: int = SEED,
+                     trusted: bool = True) -> ThresholdChoice:
     """The rule: move the threshold off `default` only when the validation evidence holds.
 
     In each resample the F1-optimal threshold is tuned on the clauses drawn and judged on the
     clauses left out (about 37%), against `default` on those same clauses: that measures
     tuning as it will be used, on clauses it did not see. When tuning wins (strictly) in at
     least `required` of the resamples, the threshold is the median of the tuned ones (more
-    stable than the single optimum of the whole split); otherwise it stays at `default`.
+    stable than the single optimum of the whole split); otherwise it stays at `default`. With
+    `trusted` False (a model that trained on these clauses) it stays there in any case.
     """
     y, s = _checked(labels, scores)
     if not 0 < required <= 1:
@@ -222,10 +220,10 @@ def choose_threshold(labels: Sequence[int], scores: Sequence[float],
     f1 = metrics_from_counts(confusion(y, both, left_out))["f1"]
     support = float(np.mean(f1[:, 0] > f1[:, 1]))
     bagged = float(np.median(in_bag))
-    moved = support >= required
-    return ThresholdChoice(threshold=bagged if moved else float(default), tuned=tuned,
-                           bagged=bagged, support=support, required=float(required),
-                           default=float(default), resamples=resamples)
+    choice = ThresholdChoice(threshold=float(default), tuned=tuned, bagged=bagged,
+                             support=support, required=float(required), default=float(default),
+                             resamples=resamples, trusted=trusted)
+    return dataclasses.replace(choice, threshold=bagged) if choice.moved else choice
 
 
 def _checked(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -215,8 +215,10 @@ class Evaluation:
             lines.append(f"  no interval for {note}")
         rule = self.threshold_rule
         if rule:
-            verdict = ("moved to the resamples' median" if rule["moved"]
-                       else f"kept at {rule['default']:g}")
+            verdict = ("moved to the resamples' median" if rule["moved"] else
+                       f"kept at {rule['default']:g}" + ("" if rule.get("trusted", True) else
+                                                          ", as the model trained on most "
+                                                          "validation clauses (cv_folds)"))
             lines.append(f"threshold {self.threshold:.4f}: {verdict} (tuning beat "
                          f"{rule['default']:g} on left-out validation clauses in "
                          f"{rule['support']:.0%} of {rule['resamples']} resamples, "
@@ -261,7 +263,8 @@ def evaluate(adapter_dir: Path, data: str | None) -> tuple[Evaluation, Any, Any]
                  for name, frame in scored}
     labels = {"val": splits.validation["label"].to_numpy(), "test": splits.test["label"].to_numpy()}
     tuned, tuned_f1 = f1_optimal_threshold(labels["val"], probs["val"])
-    choice = choose_threshold(labels["val"], probs["val"])
+    # A cross-validated adapter trained on most validation clauses: no tuning on them.
+    choice = choose_threshold(labels["val"], probs["val"], trusted=not cfg.cv_folds)
     baseline = tfidf_baseline(splits.train, splits.validation, splits.test, seed=cfg.seed)
     metrics = {"val": binary_metrics(labels["val"], probs["val"], DEFAULT_THRESHOLD),
                "test": binary_metrics(labels["test"], probs["test"], DEFAULT_THRESHOLD),

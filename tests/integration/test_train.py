@@ -408,3 +408,43 @@ def test_other_quantizations_train_and_quantize_what_they_say(quantization, laye
     result = train(cfg, progress=False)
     assert result.history and math.isfinite(result.metrics["val/loss"])
     assert (Path(result.adapter_dir) / ADAPTER_WEIGHTS).is_file()
+
+
+# --- a cross-validated trial -------------------------------------------------------------
+
+def test_a_cross_validated_trial_reports_the_mean_over_its_folds(tiny_model_dir, tmp_path):
+    from trainable.data import cv_splits, load_splits
+
+    reports = []
+
+    def report(metrics: dict[str, float], folder: Path) -> None:
+        reports.append((dict(metrics), json.loads((folder / METRICS).read_text()),
+                        (folder / ADAPTER_WEIGHTS).is_file()))
+
+    cfg = TrialConfig(model=str(tiny_model_dir), epochs=2, cv_folds=3,
+                      output_dir=str(tmp_path / "cv"), **SMALL)
+    result = train(cfg, report=report, progress=False)
+    assert len(result.folds) == 3 and len(result.history) == 2
+    for epoch, mean in enumerate(result.history):
+        for key in VAL_KEYS | TRAIN_KEYS:
+            folds = [fold[epoch][key] for fold in result.folds]
+            assert mean[key] == pytest.approx(sum(folds) / 3), key
+    # Each epoch reported once, after every fold, with the mean; the checkpoint says the same.
+    assert [r[0] for r in reports] == result.history
+    assert all(saved == metrics and has_adapter for metrics, saved, has_adapter in reports)
+    assert result.metrics == max(result.history, key=lambda h: h[OBJECTIVE.metric])
+    adapter = Path(result.adapter_dir)
+    assert json.loads((adapter / METRICS).read_text()) == result.metrics
+    assert TrialConfig.from_json_file(adapter / TRIAL_CONFIG) == cfg
+    assert not (adapter / VALIDATION_SCORES).exists()  # one fold's clauses: not the objective's
+    assert sorted(p.name for p in Path(cfg.output_dir).iterdir()) == [ADAPTER_DIR, METRICS]
+    # The folds validate on train and validation pooled, as cv_splits deals them out.
+    sizes = [len(f.validation) for f in cv_splits(load_splits(cfg), 3, cfg.seed)]
+    assert sum(sizes) == SMALL["max_train_samples"] + SMALL["max_eval_samples"]
+
+
+def test_a_cross_validated_trial_refuses_data_parallel_workers(tiny_model_dir, tmp_path):
+    cfg = TrialConfig(model=str(tiny_model_dir), epochs=1, cv_folds=2,
+                      output_dir=str(tmp_path / "cv"), **SMALL)
+    with pytest.raises(UserError, match="cv_folds 2: a cross-validated trial runs in one process"):
+        train(cfg, progress=False, strategy="ddp")

@@ -422,3 +422,22 @@ def test_a_validation_split_without_unfair_clauses_fails_before_any_trial(
                                 f"fair clauses: F1 of the unfair class would be 0 for every "
                                 f"trial"]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_cross_validated_study_reports_each_trial_s_mean_over_folds(warm_tiny_model_dir,
+                                                                       tmp_path):
+    """`--cv-folds 2` through the real driver, Ray and the MLflow mirror (sqlite): each trial's
+    epochs reach MLflow as their mean over folds, with an adapter checkpoint."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_study_cli(*tiny_study_args(warm_tiny_model_dir, tmp_path / "runs", uri, "cv",
+                                          "tests-cv", num_trials=2, epochs=2,
+                                          scheduler="none", cv_folds=2),
+                         cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    client, _, children = study_runs(uri, "tests-cv", "cv")
+    assert len(children) == 2
+    for run in children:
+        assert run.data.params["cv_folds"] == "2"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/f1")] == [1, 2]
+        names = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "adapter")}
+        assert "adapter_model.safetensors" in names and "validation_scores.json" not in names

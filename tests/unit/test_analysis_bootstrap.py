@@ -134,3 +134,13 @@ def test_bad_input_is_one_clear_error(labels, scores, message):
         metric_intervals(labels, scores, 0.5)
     with pytest.raises(UserError, match=message):
         choose_threshold(labels, scores)
+
+
+def test_an_untrusted_split_never_moves_the_threshold():
+    y, p = _split(1, separation=0.3)
+    p = p * 0.5
+    trusted = choose_threshold(y, p, resamples=200)
+    untrusted = choose_threshold(y, p, resamples=200, trusted=False)
+    assert trusted.moved and not untrusted.moved
+    assert untrusted.threshold == 0.5 and untrusted.support == trusted.support
+    assert untrusted.to_dict()["trusted"] is False
