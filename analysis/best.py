@@ -5,9 +5,13 @@
 
 The best trial is the one with the best objective over all its epochs (not its last epoch);
 its adapter of that epoch comes from the trial's MLflow artifact `adapter/` (checked against
-its metrics.json epoch), else from the Ray checkpoint of that epoch. It is evaluated on the
-test split at 0.5 and at the F1-optimal threshold chosen on validation, beside a TF-IDF +
-LinearSVC baseline trained on the same train split. All of it is logged to a new MLflow run
+its metrics.json epoch), else from the Ray checkpoint of that epoch. How sure that choice is:
+the top trials' objective with bootstrap intervals over the validation clauses, and how often
+each is best on the same resamples. The champion is evaluated on the test split at 0.5, at
+the F1-optimal threshold on validation, and at the threshold the rule picks (0.5 unless
+tuning holds up on left-out validation clauses; `analysis.bootstrap`), which the export
+uses; test metrics at it come with bootstrap intervals, beside a TF-IDF + LinearSVC baseline
+trained on the same train split. All of it is logged to a new MLflow run
 under the study's parent run (run_type `evaluation`); the model is registered with the alias
 `champion` and exported as a folder that `trainable.inference.load_trained` loads offline.
 
@@ -26,9 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from analysis.bootstrap import DEFAULT_THRESHOLD
 from analysis.evaluate import Evaluation, check_export, evaluate, write_plots
 from analysis.register import CHAMPION, DEFAULT_MODEL_NAME, log_and_register, write_export
-from analysis.select import choose, fetch_checkpoint
+from analysis.select import choose, compare_top, fetch_checkpoint
 from analysis.study import Study, add_study_arguments, study_from_args
 from trainable.adapter import TRIAL_CONFIG
 from trainable.cli import ArgumentParser, command
@@ -58,20 +63,24 @@ def run(args: Any) -> tuple[Study, Evaluation, str, str, Path]:
     study, client = study_from_args(uri, args.experiment, args.study, args.storage_path,
                                     allow_offline=False)
     trial, epochs, value = choose(study)
+    tracking_uri = client.tracking_uri if client else uri
+    top = compare_top(study, tracking_uri)
     with tempfile.TemporaryDirectory(prefix="analysis-best-") as tmp:
         tmp_path = Path(tmp)
-        adapter_dir, epoch, source = fetch_checkpoint(study, trial, epochs, tmp_path,
-                                                      client.tracking_uri if client else uri)
+        adapter_dir, epoch, source = fetch_checkpoint(study, trial, epochs, tmp_path, tracking_uri)
         if not (adapter_dir / TRIAL_CONFIG).is_file():
             raise UserError(f"checkpoint {source}: {TRIAL_CONFIG} is missing")
         evaluation, tokenizer, curves = evaluate(adapter_dir, args.data_dir)
         evaluation.study, evaluation.trial_id, evaluation.epoch = study.name, trial.trial_id, epoch
         evaluation.logged_value, evaluation.checkpoint_source = value, source
+        evaluation.top_trials = top.to_dict()
         plots_dir = tmp_path / "plots"
         plots_dir.mkdir()
         plots = write_plots(evaluation, curves, plots_dir)
         threshold = {"threshold": evaluation.threshold, "chosen_on": "validation",
-                     "validation_f1": evaluation.val_tuned_f1, "default": 0.5}
+                     "validation_f1": evaluation.metrics["val_chosen"]["f1"],
+                     "default": DEFAULT_THRESHOLD,
+                     "tuned": evaluation.tuned_threshold, "evidence": evaluation.threshold_rule}
         export = write_export(adapter_dir, args.export_dir, tokenizer, threshold, evaluation)
         for path in plots:
             shutil.copy2(path, export / path.name)
@@ -102,14 +111,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"test split ({ev.sizes['test']} clauses, data {ev.data}):")
     header = f"  {'':34s} {'F1':>6s} {'prec':>6s} {'recall':>6s} {'macroF1':>7s}  tn/fp/fn/tp"
     print(header)
-    rows = [("model @ 0.5", m["test"]),
-            (f"model @ {ev.threshold:.4f} (tuned on val)", m["test_tuned"]),
-            (f"TF-IDF + LinearSVC (C={ev.baseline_C:g})", m["baseline_test"])]
+    used = " (used)" if ev.threshold == DEFAULT_THRESHOLD else ""
+    rows = [(f"model @ {DEFAULT_THRESHOLD:g}{used}", m["test"]),
+            (f"model @ {ev.tuned_threshold:.4f} (F1-opt. on val)", m["test_tuned"])]
+    if ev.threshold not in (DEFAULT_THRESHOLD, ev.tuned_threshold):
+        rows.append((f"model @ {ev.threshold:.4f} (used)", m["test_chosen"]))
+    rows.append((f"TF-IDF + LinearSVC (C={ev.baseline_C:g})", m["baseline_test"]))
     for name, r in rows:
         print(f"  {name:34s} {r['f1']:6.4f} {r['precision']:6.4f} {r['recall']:6.4f} "
               f"{r['macro_f1']:7.4f}  {r['tn']}/{r['fp']}/{r['fn']}/{r['tp']}")
-    print(f"threshold {ev.threshold:.4f}: validation F1 {ev.val_tuned_f1:.4f} "
-          f"(at 0.5: {m['val']['f1']:.4f})")
+    print("\n".join(ev.summary()))
     print(f"MLflow: evaluation run {run_id} under study run {study.parent_run_id}; registered "
           f"{args.model_name} version {version} as @{CHAMPION} (models:/{args.model_name}@{CHAMPION})")
     print("\n".join(_links(args, study, run_id)))

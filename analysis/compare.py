@@ -3,7 +3,10 @@
     python -m analysis.compare --mlflow-uri http://127.0.0.1:5000 --experiment qlora-unfair-tos
     python -m analysis.compare smoke --storage-path runs      # MLflow down: Ray's results
 
-Picks the latest study in the experiment unless a study name or parent run id is given.
+Picks the latest study in the experiment unless a study name or parent run id is given. The
+top trials' objective comes with a bootstrap interval over the validation clauses and the
+share of resamples in which each is the best (`analysis.select.compare_top`): with 33 unfair
+clauses in validation, the top of the table is often a tie.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from analysis.bootstrap import format_share
+from analysis.select import TopTrials, compare_top
 from analysis.study import Study, add_study_arguments, study_from_args
 from trainable.cli import ArgumentParser, command
 from trainable.config import OBJECTIVE
@@ -24,28 +29,34 @@ ANALYSIS_ARTIFACTS = "analysis"  # folder of the plots and table on the parent r
 TABLE_CSV = "trials.csv"
 
 
-def trial_table(study: Study) -> Any:
+def trial_table(study: Study, top: TopTrials | None = None) -> Any:
     """One row per trial, best objective first: id, searched hyperparameters, best value and
-    its epoch, epochs run, state, duration (seconds)."""
+    its epoch, with `top` its bootstrap interval (low, high) and the share of resamples it is
+    best in (top trials only), epochs run, state, duration (seconds)."""
     import pandas as pd
 
+    metric = f"best {OBJECTIVE.metric}"
+    boot = top.by_trial() if top is not None else {}
     rows = []
     for t in study.trials:
         best = t.best
+        c = boot.get(t.trial_id)
         rows.append({"trial": t.trial_id, **{p: t.sampled.get(p) for p in study.searched},
-                     f"best {OBJECTIVE.metric}": best[1] if best else math.nan,
+                     metric: best[1] if best else math.nan,
+                     **({"low": c.f1.low if c else math.nan, "high": c.f1.high if c else math.nan,
+                         "best in": c.best_share if c else math.nan} if boot else {}),
                      "at epoch": best[0] if best else None, "epochs": t.epochs,
                      "state": t.state, "seconds": t.seconds})
-    columns = ["trial", *study.searched, f"best {OBJECTIVE.metric}", "at epoch", "epochs",
-               "state", "seconds"]
+    columns = ["trial", *study.searched, metric, *(["low", "high", "best in"] if boot else []),
+               "at epoch", "epochs", "state", "seconds"]
     table = pd.DataFrame(rows, columns=columns)
-    return table.sort_values(f"best {OBJECTIVE.metric}", ascending=OBJECTIVE.mode == "min",
+    return table.sort_values(metric, ascending=OBJECTIVE.mode == "min",
                              na_position="last", kind="stable").reset_index(drop=True)
 
 
 def format_table(table: Any, space: tuple[Dimension, ...] = DIMENSIONS) -> str:
     """The table as aligned text (log-scaled dimensions such as lr in scientific notation,
-    durations as 1m05s)."""
+    intervals as low-high, shares in percent, durations as 1m05s)."""
     from analysis.plots import format_seconds
 
     shown = table.copy()
@@ -55,6 +66,12 @@ def format_table(table: Any, space: tuple[Dimension, ...] = DIMENSIONS) -> str:
                 lambda v: "-" if v is None or v != v else f"{float(v):.2e}")
     metric = f"best {OBJECTIVE.metric}"
     shown[metric] = shown[metric].map(lambda v: "-" if math.isnan(v) else f"{v:.4f}")
+    if "low" in shown:
+        low, high = shown.pop("low"), shown.pop("high")
+        interval = [("-" if math.isnan(lo) else f"{lo:.3f}-{hi:.3f}") for lo, hi in zip(
+            low, high, strict=True)]
+        shown.insert(shown.columns.get_loc(metric) + 1, "interval", interval)
+        shown["best in"] = shown["best in"].map(format_share)
     shown["at epoch"] = shown["at epoch"].map(lambda v: "-" if v is None or v != v else str(int(v)))
     shown["duration"] = shown.pop("seconds").map(format_seconds)
     return shown.to_string(index=False)
@@ -67,11 +84,12 @@ def default_out_dir(study: Study) -> Path:
 
 def compare(study: Study, out_dir: Path, client: Any | None = None) -> dict[str, Any]:
     """Write the table (CSV) and the plots into `out_dir`; log them to the parent run when a
-    client is given. Returns {"table", "plots", "skipped", "logged"}."""
+    client is given. Returns {"table", "top", "plots", "skipped", "logged"}."""
     from analysis.plots import EPOCHS_PNG, plot_epochs, plot_search
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = trial_table(study)
+    top = compare_top(study, client.tracking_uri if client is not None else None)
+    table = trial_table(study, top if top.comparisons else None)
     table.to_csv(out_dir / TABLE_CSV, index=False)
     plots = [plot_epochs(study, out_dir / EPOCHS_PNG)]
     search_plots, skipped = plot_search(study, out_dir)
@@ -81,7 +99,7 @@ def compare(study: Study, out_dir: Path, client: Any | None = None) -> dict[str,
         for path in [out_dir / TABLE_CSV, *plots]:
             client.log_artifact(study.parent_run_id, str(path), ANALYSIS_ARTIFACTS)
         logged = True
-    return {"table": table, "plots": plots, "skipped": skipped, "logged": logged}
+    return {"table": table, "top": top, "plots": plots, "skipped": skipped, "logged": logged}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Any:
@@ -116,10 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
           + ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items()))
           + f"), from {source}")
     print(format_table(result["table"], study.space()))
+    top = result["top"]
+    if top.comparisons:
+        print(f"interval, best in: {top.describe()}")
+    for note in top.notes:
+        print(f"no interval for {note}")
     best = study.best_trial()
     if best is not None and best.best is not None:
-        print(f"best: trial {best.trial_id}, {OBJECTIVE.metric} {best.best[1]:.4f} at epoch "
-              f"{best.best[0]}")
+        c = top.by_trial().get(best.trial_id)
+        sure = (f" ({c.f1.low:.3f}-{c.f1.high:.3f}), best in {format_share(c.best_share)} of "
+                f"resamples") if c else ""
+        print(f"best: trial {best.trial_id}, {OBJECTIVE.metric} {best.best[1]:.4f}{sure} at "
+              f"epoch {best.best[0]}")
     if study.source == "mlflow" and any(t.seconds is not None for t in study.trials) and not (
             study.storage and Path(study.storage).is_dir()):
         print("durations: MLflow run times (pass --storage-path for Ray's trial times)")

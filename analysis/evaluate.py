@@ -1,4 +1,9 @@
-"""Test-split metrics, the F1-optimal decision threshold, and the TF-IDF + LinearSVC baseline."""
+"""Test-split metrics, the decision threshold, and the TF-IDF + LinearSVC baseline.
+
+The threshold the champion uses is the rule's (`analysis.bootstrap.choose_threshold`): 0.5
+unless tuning on validation holds up on left-out validation clauses; the plain F1-optimal
+threshold on validation is reported beside it, as is 0.5.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from trainable.config import OBJECTIVE
 from trainable.errors import UserError
 
 # C values tried for the baseline (LinearSVC's default is 1.0); chosen by validation F1.
@@ -161,9 +167,22 @@ class Evaluation:
     """The objective MLflow (or Ray) recorded for that epoch."""
     checkpoint_source: str
     threshold: float
+    """The threshold the model uses: the rule's (see `threshold_rule`)."""
     val_tuned_f1: float
+    """Validation F1 at `tuned_threshold`."""
+    tuned_threshold: float = 0.5
+    """The F1-optimal threshold on the whole validation split (reported, not used)."""
+    threshold_rule: dict[str, Any] = field(default_factory=dict)
+    """`analysis.bootstrap.ThresholdChoice.to_dict()`: the evidence behind `threshold`."""
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    """`val`, `test` (threshold 0.5), `val_tuned`, `test_tuned`, `baseline_val`, `baseline_test`."""
+    """`val`, `test` (threshold 0.5), `val_tuned`, `test_tuned` (the F1-optimal threshold on
+    validation), `val_chosen`, `test_chosen` (the threshold used), `baseline_val`,
+    `baseline_test`."""
+    test_intervals: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Test F1, precision, recall and macro-F1 at the threshold used: `value`, `low`, `high`
+    (bootstrap over the test clauses, `analysis.bootstrap`)."""
+    top_trials: dict[str, Any] = field(default_factory=dict)
+    """The study's top trials' objective with intervals (`analysis.select.TopTrials`)."""
     baseline_C: float = 1.0
     data: str = ""
     sizes: dict[str, int] = field(default_factory=dict)
@@ -174,14 +193,57 @@ class Evaluation:
 
         return asdict(self)
 
+    def summary(self) -> list[str]:
+        """How sure the choice is, in lines: the top trials' validation intervals, the
+        threshold and why, and the test metrics at it with intervals (printed by
+        `analysis.best` and written into the registered model's description)."""
+        from analysis.bootstrap import CONFIDENCE, RESAMPLES, format_share
+
+        lines = []
+        top = self.top_trials
+        if top.get("trials"):
+            lines.append(f"validation: {OBJECTIVE.metric} of the top trials, "
+                         f"{top['confidence']:.0%} intervals from {top['resamples']} resamples "
+                         f"of the {top['clauses']} clauses ({top['unfair']} unfair), the same "
+                         f"resamples for every trial; best in: share of resamples it wins")
+            for t in top["trials"]:
+                mark = "  <- champion" if t["trial_id"] == self.trial_id else ""
+                lines.append(f"  trial {t['trial_id']}  {t[OBJECTIVE.metric]:.4f} "
+                             f"[{t['low']:.3f}, {t['high']:.3f}]  best in "
+                             f"{format_share(t['best_share'])}{mark}")
+        for note in top.get("notes", []):
+            lines.append(f"  no interval for {note}")
+        rule = self.threshold_rule
+        if rule:
+            verdict = ("moved to the resamples' median" if rule["moved"] else
+                       f"kept at {rule['default']:g}" + ("" if rule.get("trusted", True) else
+                                                          ", as the model trained on most "
+                                                          "validation clauses (cv_folds)"))
+            lines.append(f"threshold {self.threshold:.4f}: {verdict} (tuning beat "
+                         f"{rule['default']:g} on left-out validation clauses in "
+                         f"{rule['support']:.0%} of {rule['resamples']} resamples, "
+                         f"{rule['required']:.0%} required; F1-optimal on all of validation: "
+                         f"{self.tuned_threshold:.4f})")
+        if self.test_intervals:
+            names = {"f1": "F1", "macro_f1": "macro-F1"}
+            shown = ", ".join(f"{names.get(name, name)} {iv['value']:.3f} "
+                              f"[{iv['low']:.3f}, {iv['high']:.3f}]"
+                              for name, iv in self.test_intervals.items())
+            lines.append(f"test ({self.sizes.get('test', '?')} clauses) at threshold "
+                         f"{self.threshold:.4f}: {shown} ({CONFIDENCE:.0%} intervals, "
+                         f"{RESAMPLES} resamples of the test clauses)")
+        return lines
+
 
 def evaluate(adapter_dir: Path, data: str | None) -> tuple[Evaluation, Any, Any]:
-    """Test metrics at 0.5 and at the validation-tuned threshold, plus the baseline.
+    """Test metrics at 0.5, at the validation-optimal threshold and at the rule's threshold
+    (with bootstrap intervals), plus the baseline.
 
     Returns (evaluation without study fields, tokenizer, probabilities by split). The train
     split is the one the trial trained on (same subsample); validation and test are whole.
     Scoring shows a progress bar on a terminal.
     """
+    from analysis.bootstrap import DEFAULT_THRESHOLD, choose_threshold, metric_intervals
     from analysis.evaluate import binary_metrics, f1_optimal_threshold, tfidf_baseline
     from trainable.cli import progress_bar
     from trainable.data import load_splits
@@ -200,16 +262,25 @@ def evaluate(adapter_dir: Path, data: str | None) -> tuple[Evaluation, Any, Any]
                                      progress=bar.update)
                  for name, frame in scored}
     labels = {"val": splits.validation["label"].to_numpy(), "test": splits.test["label"].to_numpy()}
-    threshold, tuned_f1 = f1_optimal_threshold(labels["val"], probs["val"])
+    tuned, tuned_f1 = f1_optimal_threshold(labels["val"], probs["val"])
+    # A cross-validated adapter trained on most validation clauses: no tuning on them.
+    choice = choose_threshold(labels["val"], probs["val"], trusted=not cfg.cv_folds)
     baseline = tfidf_baseline(splits.train, splits.validation, splits.test, seed=cfg.seed)
-    metrics = {"val": binary_metrics(labels["val"], probs["val"], 0.5),
-               "test": binary_metrics(labels["test"], probs["test"], 0.5),
-               "val_tuned": binary_metrics(labels["val"], probs["val"], threshold),
-               "test_tuned": binary_metrics(labels["test"], probs["test"], threshold),
+    metrics = {"val": binary_metrics(labels["val"], probs["val"], DEFAULT_THRESHOLD),
+               "test": binary_metrics(labels["test"], probs["test"], DEFAULT_THRESHOLD),
+               "val_tuned": binary_metrics(labels["val"], probs["val"], tuned),
+               "test_tuned": binary_metrics(labels["test"], probs["test"], tuned),
+               "val_chosen": binary_metrics(labels["val"], probs["val"], choice.threshold),
+               "test_chosen": binary_metrics(labels["test"], probs["test"], choice.threshold),
                "baseline_val": baseline.metrics["validation"],
                "baseline_test": baseline.metrics["test"]}
+    intervals = metric_intervals(labels["test"], probs["test"], choice.threshold)
     evaluation = Evaluation(study="", trial_id="", epoch=0, logged_value=float("nan"),
-                            checkpoint_source="", threshold=threshold, val_tuned_f1=tuned_f1,
+                            checkpoint_source="", threshold=choice.threshold,
+                            val_tuned_f1=tuned_f1, tuned_threshold=tuned,
+                            threshold_rule=choice.to_dict(),
+                            test_intervals={m: {"value": iv.value, "low": iv.low, "high": iv.high}
+                                            for m, iv in intervals.items()},
                             metrics=metrics, baseline_C=baseline.C, data=data_cfg.data,
                             sizes={"train": len(splits.train), "validation": len(splits.validation),
                                    "test": len(splits.test)})
@@ -219,20 +290,26 @@ def evaluate(adapter_dir: Path, data: str | None) -> tuple[Evaluation, Any, Any]
 
 
 def write_plots(evaluation: Evaluation, curves: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Confusion matrices (model at 0.5 and tuned, baseline) and test precision-recall curves."""
+    """Confusion matrices (model at 0.5, at the validation-optimal threshold and at the one
+    used when it is neither; baseline) and test precision-recall curves."""
+    from analysis.bootstrap import DEFAULT_THRESHOLD
     from analysis.evaluate import plot_confusion_matrices, plot_precision_recall
 
     m = evaluation.metrics
-    plot_confusion_matrices({"model @ 0.5": m["test"],
-                             f"model @ {evaluation.threshold:.3f} (tuned on val)": m["test_tuned"],
-                             "TF-IDF + LinearSVC": m["baseline_test"]}, out_dir / CONFUSION_PNG)
+    panels = {"model @ 0.5": m["test"],
+              f"model @ {evaluation.tuned_threshold:.3f} (F1-optimal on val)": m["test_tuned"]}
+    marks = {"model @ 0.5": (m["test"]["recall"], m["test"]["precision"]),
+             "model @ F1-optimal on val": (m["test_tuned"]["recall"], m["test_tuned"]["precision"])}
+    if evaluation.threshold not in (DEFAULT_THRESHOLD, evaluation.tuned_threshold):
+        panels[f"model @ {evaluation.threshold:.3f} (used)"] = m["test_chosen"]
+        marks["model @ threshold used"] = (m["test_chosen"]["recall"],
+                                           m["test_chosen"]["precision"])
+    plot_confusion_matrices({**panels, "TF-IDF + LinearSVC": m["baseline_test"]},
+                            out_dir / CONFUSION_PNG)
     labels = curves["labels"]["test"]
     plot_precision_recall(
         {"QLoRA model": (labels, curves["probs"]["test"]),
-         "TF-IDF + LinearSVC": (labels, curves["baseline_test"])},
-        {"model @ 0.5": (m["test"]["recall"], m["test"]["precision"]),
-         "model @ tuned threshold": (m["test_tuned"]["recall"], m["test_tuned"]["precision"])},
-        out_dir / PR_PNG)
+         "TF-IDF + LinearSVC": (labels, curves["baseline_test"])}, marks, out_dir / PR_PNG)
     return [out_dir / CONFUSION_PNG, out_dir / PR_PNG]
 
 

@@ -4,7 +4,7 @@
       adapter_model.safetensors, adapter_config.json   the LoRA adapter and head (peft)
       trial_config.json, metrics.json                  how it was trained; its epoch's metrics
       tokenizer files                                  save_pretrained
-      threshold.json                                   decision threshold chosen on validation
+      threshold.json                                   decision threshold and the evidence for it
       evaluation.json                                  test metrics, baseline, provenance
       base_model/                                      only when the base was a local folder
 
@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from analysis.bootstrap import DEFAULT_THRESHOLD
 from trainable.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METRICS, TRIAL_CONFIG, write_json
 from trainable.config import PACKAGED_MODEL, TrialConfig
 from trainable.errors import UserError, first_line
@@ -29,7 +30,6 @@ from trainable.inference import BASE_MODEL_DIR
 
 THRESHOLD_FILE = "threshold.json"
 EVALUATION_FILE = "evaluation.json"
-DEFAULT_THRESHOLD = 0.5
 # Base-model files worth carrying: configs, vocabularies and safetensors weights (never pickles).
 _BASE_FILES = ("*.json", "*.txt", "*.model", "*.safetensors", "*.tiktoken", "merges.txt")
 

@@ -38,10 +38,14 @@ def log_and_register(client: Any, study: Study, evaluation: Evaluation, plots: l
                            "data": evaluation.data, "baseline.C": evaluation.baseline_C,
                            "baseline": "tfidf(1-2gram,sublinear)+LinearSVC",
                            **{f"rows.{k}": v for k, v in evaluation.sizes.items()}})
-        flat = {"threshold": evaluation.threshold, f"logged_{OBJECTIVE.metric}": evaluation.logged_value}
+        flat = {"threshold": evaluation.threshold, "threshold_tuned": evaluation.tuned_threshold,
+                "threshold_support": evaluation.threshold_rule.get("support", float("nan")),
+                f"logged_{OBJECTIVE.metric}": evaluation.logged_value}
         for split, values in evaluation.metrics.items():
             prefix = split.replace("baseline_", "baseline/")  # baseline/test/f1, test_tuned/f1
             flat |= {f"{prefix}/{k}": float(v) for k, v in values.items()}
+        for name, iv in evaluation.test_intervals.items():  # test_chosen/f1_low, ..._high
+            flat |= {f"test_chosen/{name}_low": iv["low"], f"test_chosen/{name}_high": iv["high"]}
         mlflow.log_metrics({k: v for k, v in flat.items() if v == v})  # drop NaN
         for path in plots:
             mlflow.log_artifact(str(path), "evaluation")
@@ -53,8 +57,20 @@ def log_and_register(client: Any, study: Study, evaluation: Evaluation, plots: l
         version = mlflow.register_model(info.model_uri, model_name, tags={
             "study": study.name, "trial_id": evaluation.trial_id, "epoch": str(evaluation.epoch)})
         client.set_registered_model_alias(model_name, CHAMPION, version.version)
+        text = description(study, evaluation)
+        client.update_model_version(model_name, version.version, description=text)
+        client.update_registered_model(model_name, description=text)
         mlflow.set_tags({"registered_model": model_name, "model_version": version.version})
         return run.info.run_id, str(version.version)
+
+
+def description(study: Study, evaluation: Evaluation) -> str:
+    """The registered model's description: which trial and epoch, how sure the choice is, the
+    threshold and why, and the test metrics with their intervals."""
+    head = (f"@{CHAMPION} of study {study.name}: trial {evaluation.trial_id}, epoch "
+            f"{evaluation.epoch} ({OBJECTIVE.metric} {evaluation.logged_value:.4f} as logged).")
+    # A code block: MLflow renders descriptions as markdown, which would join the lines.
+    return "\n".join([head, "", "```", *evaluation.summary(), "```"])
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from tune.records import (
     STUDY_FILE,
     TrialRecord,
     best_trial,
+    list_checkpoints,
     read_results,
     read_study_json,
     read_trials,
@@ -160,6 +161,7 @@ def _add_ray_results(study: Study) -> None:
         record = by_id.get(trial_id_of(folder, results))
         if record is not None and results:
             record.folder, record.results = folder, results
+            record.checkpoints = list_checkpoints(folder)
 
 
 def _parse(value: str) -> Any:

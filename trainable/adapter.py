@@ -5,7 +5,9 @@ and must not pull in Lightning; `trainable.checkpoint` writes one per epoch duri
 
 An adapter folder holds the LoRA adapter and head (peft's `adapter_model.safetensors` and
 `adapter_config.json`), `trial_config.json` (which names the base model and tokenizer),
-and `metrics.json`; an epoch checkpoint adds `resume.ckpt` (Lightning's optimizer and loop
+`metrics.json`, and `validation_scores.json` (that epoch's P(unfair) of every validation
+clause, in split order, with the labels: what `analysis` bootstraps the objective from, with
+no model loaded); an epoch checkpoint adds `resume.ckpt` (Lightning's optimizer and loop
 state), which exports leave out.
 """
 
@@ -24,6 +26,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 TRIAL_CONFIG = "trial_config.json"
 METRICS = "metrics.json"
 RESUME = "resume.ckpt"
+VALIDATION_SCORES = "validation_scores.json"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -33,12 +36,16 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def save_adapter(model: Any, folder: Path, cfg: TrialConfig, metrics: dict[str, float]) -> None:
-    """Write the adapter (safetensors), the trial config and the metrics into `folder`."""
+def save_adapter(model: Any, folder: Path, cfg: TrialConfig, metrics: dict[str, float],
+                 validation_scores: dict[str, Any] | None = None) -> None:
+    """Write the adapter (safetensors), the trial config, the metrics and, when given, the
+    validation scores (`{"labels", "scores"}`, stamped with the metrics' epoch) into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder), safe_serialization=True)
     write_json(folder / TRIAL_CONFIG, cfg.to_dict())
     write_json(folder / METRICS, metrics)
+    if validation_scores is not None:
+        write_json(folder / VALIDATION_SCORES, {"epoch": metrics.get("epoch"), **validation_scores})
 
 
 def read_adapter_folder(folder: Path) -> tuple[TrialConfig, dict[str, Any]]:

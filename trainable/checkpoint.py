@@ -85,7 +85,8 @@ class EpochCheckpoint(Checkpoint):
         trainer.strategy.barrier()
         trainer.save_checkpoint(tmp / RESUME, weights_only=False)  # collective; rank 0 writes
         if trainer.is_global_zero:
-            save_adapter(pl_module.model, tmp, self.cfg, metrics)
+            save_adapter(pl_module.model, tmp, self.cfg, metrics,
+                         getattr(pl_module, "validation_scores", None))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
         trainer.strategy.barrier()

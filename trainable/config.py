@@ -100,6 +100,13 @@ class TrialConfig:
     """Stratified subsample of the training split (None: all)."""
     max_eval_samples: int | None = None
     """Stratified subsample of the validation and test splits (None: all)."""
+    cv_folds: int | None = None
+    """Cross-validate, for small data: pool train and validation, split the pool into this many
+    folds (stratified, seeded), fit one model per fold on the other folds and validate it on
+    its own; each epoch's validation metrics, the objective among them, are the mean over the
+    folds. Costs k fits; every epoch is reported once all folds are done (so ASHA saves
+    nothing); the adapter kept is the first fold's. One process per trial. None: the
+    validation split as given."""
     group_by_length: bool = True
     """Batch clauses of similar length together so per-batch padding stays short."""
     pad_to_max_length: bool = False
@@ -156,6 +163,8 @@ class TrialConfig:
             value = getattr(self, name)
             if value is not None:
                 _check_int(name, value, minimum=2)
+        if self.cv_folds is not None:
+            _check_int("cv_folds", self.cv_folds, minimum=2)
         if self.threads is not None:
             _check_int("threads", self.threads, minimum=1)
         _check(self.memory_limit_gb is None or _is_number(self.memory_limit_gb)

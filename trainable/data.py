@@ -194,6 +194,32 @@ def subsample(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     return pd.concat(kept).sort_index().reset_index(drop=True)
 
 
+def cv_splits(splits: Splits, folds: int, seed: int) -> list[Splits]:
+    """`folds` (train, validation) pairs over train and validation pooled: each clause of the
+    pool validates in exactly one fold; each class is shuffled (seeded) and dealt out in turn,
+    so every fold keeps the class ratio. Test, if any, stays as it is."""
+    import numpy as np
+
+    pool = pd.concat([splits.train, splits.validation], ignore_index=True)
+    fold = np.empty(len(pool), dtype=int)
+    rng = np.random.default_rng(seed)
+    for _, rows in pool.groupby("label"):
+        shuffled = rng.permutation(rows.index.to_numpy())
+        fold[shuffled] = np.arange(len(shuffled)) % folds
+    small = min(int((pool["label"] == c).sum()) for c in (0, 1))
+    if small < folds:
+        raise UserError(f"cv_folds {folds}: the pooled train and validation splits hold only "
+                        f"{small} clauses of one class; every fold needs one of each")
+    return [Splits(train=pool[fold != i].reset_index(drop=True),
+                   validation=pool[fold == i].reset_index(drop=True), test=splits.test)
+            for i in range(folds)]
+
+
+# Batch key of each clause's row in its split: per-clause predictions go back in split order
+# whatever the sampler (length-sorted, or split over DDP ranks).
+INDEX = "index"
+
+
 class ClauseDataset(Dataset):
     """Tokenized clauses, unpadded; the collator pads each batch."""
 
@@ -201,7 +227,7 @@ class ClauseDataset(Dataset):
         enc = tokenizer(frame["text"].tolist(), truncation=True, max_length=max_length)
         keys = list(enc.keys())
         self.items = [
-            {**{k: enc[k][i] for k in keys}, "labels": int(label)}
+            {**{k: enc[k][i] for k in keys}, "labels": int(label), INDEX: i}
             for i, label in enumerate(frame["label"].tolist())
         ]
         self.lengths = [len(item["input_ids"]) for item in self.items]

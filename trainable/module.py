@@ -18,6 +18,7 @@ from torchmetrics.classification import (
 )
 
 from trainable.config import TrialConfig
+from trainable.data import INDEX
 
 
 def eval_metrics(split: str) -> MetricCollection:
@@ -48,12 +49,15 @@ class ClauseClassifier(pl.LightningModule):
         # Average precision ranks P(unfair), so it takes probabilities, not the argmax.
         self.val_ap = BinaryAveragePrecision()
         self.test_ap = BinaryAveragePrecision()
+        self.validation_scores: dict[str, Any] | None = None
+        """The last validation's P(unfair) per clause, in split order (see clause_scores)."""
+        self._val_batches: list[tuple[torch.Tensor, ...]] = []
         # Checkpoints hold the trainable weights only (see on_save_checkpoint).
         self.strict_loading = False
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits for a tokenized batch (labels, if present, are ignored)."""
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        """Logits for a tokenized batch (labels and clause indices, if present, are ignored)."""
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", INDEX)}
         return self.model(**inputs).logits
 
     def _compute_metrics(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
@@ -65,8 +69,11 @@ class ClauseClassifier(pl.LightningModule):
         if split != "train":
             metrics = self.val_metrics if split == "val" else self.test_metrics
             metrics.update(logits.argmax(dim=-1), labels)
+            unfair = torch.softmax(logits.detach(), dim=-1)[:, 1]
             ap = self.val_ap if split == "val" else self.test_ap
-            ap.update(torch.softmax(logits, dim=-1)[:, 1], labels)
+            ap.update(unfair, labels)
+            if split == "val" and INDEX in batch:
+                self._val_batches.append((batch[INDEX].detach(), labels.detach(), unfair))
             # Lightning computes, syncs and resets logged torchmetrics objects at epoch end.
             self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(labels),
                           prog_bar=split == "val")
@@ -78,6 +85,19 @@ class ClauseClassifier(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._compute_metrics(batch, "val")
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_batches = []
+        self.validation_scores = None
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_batches:
+            return
+        index, labels, scores = (torch.cat(parts) for parts in zip(*self._val_batches, strict=True))
+        self._val_batches = []
+        if self.trainer.world_size > 1:  # each rank validated its share of the clauses
+            index, labels, scores = (self.all_gather(t).reshape(-1) for t in (index, labels, scores))
+        self.validation_scores = clause_scores(index, labels, scores)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._compute_metrics(batch, "test")
@@ -97,3 +117,18 @@ class ClauseClassifier(pl.LightningModule):
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if k in trainable}
+
+
+def clause_scores(index: torch.Tensor, labels: torch.Tensor,
+                  scores: torch.Tensor) -> dict[str, Any] | None:
+    """{"labels": "0010...", "scores": [P(unfair), ...]} in split order, from per-clause
+    values in any order (DDP's sampler repeats a few clauses); None unless every row of the
+    split from 0 on is there."""
+    rows = index.cpu().tolist()
+    n = max(rows) + 1
+    if set(rows) != set(range(n)):
+        return None
+    by_row_label = dict(zip(rows, labels.cpu().tolist(), strict=True))
+    by_row_score = dict(zip(rows, scores.float().cpu().tolist(), strict=True))
+    return {"labels": "".join(str(int(by_row_label[i])) for i in range(n)),
+            "scores": [by_row_score[i] for i in range(n)]}

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainable.adapter import METRICS, RESUME, load_adapter_weights, write_json
+from trainable.adapter import (
+    METRICS,
+    RESUME,
+    TRIAL_CONFIG,
+    VALIDATION_SCORES,
+    load_adapter_weights,
+    write_json,
+)
 from trainable.checkpoint import EpochCheckpoint, Report
 from trainable.cli import ArgumentParser, add_dataclass_flags, command
 from trainable.config import DEMO_DATA, HUB_DATA, OBJECTIVE, PACKAGED_MODEL, TrialConfig
@@ -47,6 +54,8 @@ class TrialResult:
     """Test-split metrics of the best adapter (when cfg.eval_test)."""
     seconds: float = 0.0
     """Wall time of the fit, including validation."""
+    folds: list[list[dict[str, float]]] = field(default_factory=list)
+    """With cv_folds: each fold's own history (`history` is their mean)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -62,8 +71,10 @@ class _Prepared:
     class_weights: Any
 
 
-def prepare(cfg: TrialConfig, resume_from: Path | None = None) -> _Prepared:
-    """Check every input that can be checked before training; load and tokenize the data."""
+def prepare(cfg: TrialConfig, resume_from: Path | None = None,
+            splits: Any | None = None) -> _Prepared:
+    """Check every input that can be checked before training; load and tokenize the data
+    (`splits`, when given, instead of the data `cfg` names)."""
     from trainable import data, model
 
     device = model.resolve_device(cfg)
@@ -77,7 +88,7 @@ def prepare(cfg: TrialConfig, resume_from: Path | None = None) -> _Prepared:
                         f"--output-dir or remove it")
     if resume_from is not None and not (Path(resume_from) / RESUME).is_file():
         raise UserError(f"resume checkpoint {resume_from}: {RESUME} is missing")
-    splits = data.load_splits(cfg)
+    splits = data.load_splits(cfg) if splits is None else splits
     loaders = {"train": data.make_loader(data.ClauseDataset(splits.train, tokenizer, cfg.max_length),
                                          tokenizer, cfg, train=True),
                "val": data.make_loader(data.ClauseDataset(splits.validation, tokenizer,
@@ -106,6 +117,8 @@ def train(cfg: TrialConfig, callbacks: Sequence[Any] = (), report: Report | None
     Ray Tune runs trial after trial in one reused process.
     """
     try:
+        if cfg.cv_folds:
+            return _cross_validate(cfg, callbacks, report, progress, trainer_args)
         return _fit(cfg, callbacks, report, resume_from, progress, trainer_args)
     except BaseException as e:
         # The traceback keeps every frame of the fit alive, and with them the model, the
@@ -118,8 +131,67 @@ def train(cfg: TrialConfig, callbacks: Sequence[Any] = (), report: Report | None
         release_memory()
 
 
+def _cross_validate(cfg: TrialConfig, callbacks: Sequence[Any], report: Report | None,
+                    progress: bool, trainer_args: dict[str, Any]) -> TrialResult:
+    """One fit per fold (`cfg.cv_folds`), then each epoch reported with the folds' mean
+    metrics and the first fold's adapter of that epoch. A retried trial starts over: a
+    checkpoint holds one fold's state, not the others'."""
+    from trainable import data
+
+    if "strategy" in trainer_args:
+        raise UserError(f"cv_folds {cfg.cv_folds}: a cross-validated trial runs in one process "
+                        f"(set workers_per_trial to 1)")
+    output = Path(cfg.output_dir)
+    if (output / ADAPTER_DIR).exists():
+        raise UserError(f"output_dir {output} already holds a trained adapter; pass another "
+                        f"--output-dir or remove it")
+    folds = data.cv_splits(data.load_splits(cfg), cfg.cv_folds, cfg.seed)
+    kept = output / "cv-epochs"  # the first fold's epoch folders, as its checkpoints prune them
+
+    def keep(metrics: dict[str, float], folder: Path) -> None:
+        # Without its validation scores: they are one fold's clauses, not the objective's.
+        target = kept / f"epoch-{int(metrics['epoch']):03d}"
+        shutil.copytree(folder, target, ignore=shutil.ignore_patterns(RESUME, VALIDATION_SCORES))
+        write_json(target / TRIAL_CONFIG, cfg.to_dict())  # says it was cross-validated
+
+    results = []
+    for i, splits in enumerate(folds):
+        log.info("fold %d of %d: %d train, %d validation clauses", i + 1, len(folds),
+                 len(splits.train), len(splits.validation))
+        fold_dir = output / f"fold-{i + 1}"
+        fold_cfg = cfg.replace(cv_folds=None, eval_test=False, output_dir=str(fold_dir))
+        results.append(_fit(fold_cfg, callbacks, keep if i == 0 else None, None, progress,
+                            trainer_args, splits))
+        shutil.rmtree(fold_dir, ignore_errors=True)
+        release_memory()
+    histories = [r.history for r in results]
+    history = [{k: sum(h[e][k] for h in histories) / len(histories)
+                for k in histories[0][e] if all(k in h[e] for h in histories)}
+               | {"epoch": e + 1} for e in range(min(len(h) for h in histories))]
+    best: dict[str, float] | None = None
+    for metrics in history:
+        folder = kept / f"epoch-{int(metrics['epoch']):03d}"
+        write_json(folder / METRICS, metrics)  # what the checkpoint is ranked and picked by
+        if report is not None:
+            report(metrics, folder)
+        if OBJECTIVE.better(metrics.get(OBJECTIVE.metric, float("nan")),
+                            None if best is None else best[OBJECTIVE.metric]):
+            best = metrics
+    if best is None:
+        raise RuntimeError("cross-validation finished without a validation result")
+    shutil.copytree(kept / f"epoch-{int(best['epoch']):03d}", output / ADAPTER_DIR)
+    shutil.rmtree(kept, ignore_errors=True)
+    result = TrialResult(best_epoch=int(best["epoch"]), metrics=best, history=history,
+                         adapter_dir=str(output / ADAPTER_DIR),
+                         seconds=round(sum(r.seconds for r in results), 2),
+                         folds=histories)
+    write_json(output / METRICS, result.to_dict())
+    return result
+
+
 def _fit(cfg: TrialConfig, callbacks: Sequence[Any], report: Report | None,
-         resume_from: Path | None, progress: bool, trainer_args: dict[str, Any]) -> TrialResult:
+         resume_from: Path | None, progress: bool, trainer_args: dict[str, Any],
+         splits: Any | None = None) -> TrialResult:
     import lightning.pytorch as pl
     import torch
 
@@ -129,7 +201,7 @@ def _fit(cfg: TrialConfig, callbacks: Sequence[Any], report: Report | None,
     log.info("trial config: %s", json_line(cfg.to_dict()))
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    prepared = prepare(cfg, resume_from)
+    prepared = prepare(cfg, resume_from, splits)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     net = build_model(cfg, prepared.device, prepared.precision)

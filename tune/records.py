@@ -6,12 +6,14 @@ driver, the MLflow mirror, `tune.sync`, `analysis` and `bench` read a study the 
 Ray keeps a study under `<storage>/<name>/`: the driver's `study.json`, and per trial a
 folder holding `params.json` (the sampled values), `result.json` (one JSON line per report,
 here one per epoch), `error.txt` (the traceback of each failed attempt) and its
-`checkpoint_*` folders.
+`checkpoint_*` folders (each an adapter folder, `trainable.adapter`, with that epoch's
+validation scores).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterable
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainable.adapter import METRICS
+from trainable.adapter import METRICS, VALIDATION_SCORES
 from trainable.config import OBJECTIVE
 from trainable.errors import UserError
 
@@ -148,11 +150,18 @@ def rank_key(record: TrialRecord) -> tuple[float, int, str]:
     return (-sign * best[1], best[0], record.trial_id)
 
 
+def ranked_trials(records: Iterable[TrialRecord], finished_only: bool = True) -> list[TrialRecord]:
+    """Trials best first by the one best rule (see rank_key), among finished trials (failed
+    and running ones are not candidates) unless told otherwise; trials without a result
+    are left out."""
+    return sorted((r for r in records if r.best is not None and (r.finished or not finished_only)),
+                  key=rank_key)
+
+
 def best_trial(records: Iterable[TrialRecord], finished_only: bool = True) -> TrialRecord | None:
-    """The one best rule: the trial whose best epoch has the best objective (see rank_key),
-    among finished trials (failed and running ones are not candidates) unless told otherwise."""
-    ranked = [r for r in records if r.best is not None and (r.finished or not finished_only)]
-    return min(ranked, key=rank_key) if ranked else None
+    """The one best rule: the first of `ranked_trials`."""
+    ranked = ranked_trials(records, finished_only)
+    return ranked[0] if ranked else None
 
 
 # -- files (local folder or storage URI) ---------------------------------------------------------
@@ -231,6 +240,36 @@ def best_checkpoint(folders: list[str]) -> tuple[str, dict[str, Any]] | None:
         if best is None or OBJECTIVE.better(metrics[OBJECTIVE.metric], best[1][OBJECTIVE.metric]):
             best = (folder, metrics)
     return best
+
+
+def check_validation_scores(data: Any) -> dict[str, Any] | None:
+    """Validation scores as `trainable.adapter.save_adapter` writes them (`epoch`, `labels` as
+    a 0/1 string, `scores` one finite number per label), or None when `data` is not that."""
+    if not isinstance(data, dict):
+        return None
+    labels, scores = data.get("labels"), data.get("scores")
+    if not (isinstance(labels, str) and labels and set(labels) <= {"0", "1"}
+            and isinstance(scores, list) and len(scores) == len(labels)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in scores)
+            and isinstance(data.get("epoch"), (int, float))):
+        return None
+    return {"epoch": int(data["epoch"]), "labels": labels, "scores": [float(v) for v in scores]}
+
+
+def best_validation_scores(record: TrialRecord) -> dict[str, Any] | None:
+    """The validation scores saved with the trial's best epoch (any of tied epochs), from its
+    checkpoint folders; None when none of them holds that epoch's scores."""
+    best = record.best
+    if best is None:
+        return None
+    epochs = {e for e, v in record.history.items() if v == best[1]}
+    folders = record.checkpoints or (list_checkpoints(record.folder) if record.folder else [])
+    for folder in sorted(folders):
+        scores = check_validation_scores(read_json(f"{folder.rstrip('/')}/{VALIDATION_SCORES}"))
+        if scores is not None and scores["epoch"] in epochs:
+            return scores
+    return None
 
 
 def fetch_folder(location: str, dest: Path, skip: tuple[str, ...] = ()) -> Path:

@@ -136,6 +136,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[StudyConfig, TrialCon
     if not study.searched:
         raise UserError("every searched field is fixed; nothing to tune (drop one of "
                         f"--{' --'.join(f.replace('_', '-') for f in fixed)})")
+    if base.cv_folds and study.workers_per_trial > 1:
+        raise UserError(f"cv_folds {base.cv_folds}: a cross-validated trial runs in one process "
+                        f"(got workers_per_trial {study.workers_per_trial})")
     return study, base, False
 
 

@@ -118,8 +118,8 @@ def test_compare_prints_every_trial_best_first(compared, tiny_study):
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["trial", "lr"])
     assert lines[header].split() == ["trial", "lr", "lora_rank", "max_length", "batch_size",
-                                     "best", "val/f1", "at", "epoch", "epochs", "state",
-                                     "duration"]
+                                     "best", "val/f1", "interval", "best", "in", "at", "epoch",
+                                     "epochs", "state", "duration"]
     rows = [line.split() for line in lines[header + 1:header + 1 + len(histories)]]
     assert {r[0] for r in rows} >= set(histories)
     shown = [float(r[5]) for r in rows if r[5] != "-"]
@@ -127,7 +127,16 @@ def test_compare_prints_every_trial_best_first(compared, tiny_study):
     for row in rows:
         if row[0] in histories:
             assert float(row[5]) == pytest.approx(max(histories[row[0]].values()), abs=1e-4)
-            assert row[8] in FINISHED
+            assert row[10] in FINISHED
+    # The top trials' bootstrap, from the validation scores each saved with its best epoch.
+    bootstrapped = [r for r in rows if r[6] != "-"]
+    assert bootstrapped and [r[0] for r in bootstrapped] == [r[0] for r in rows][
+        :len(bootstrapped)]
+    for row in bootstrapped:
+        low, high = map(float, row[6].split("-"))
+        assert low <= float(row[5]) <= high
+    assert sum(float(r[7].strip("%<")) for r in bootstrapped) == pytest.approx(100, abs=3)
+    assert "interval, best in: 95% intervals of val/f1 from 1000 resamples" in proc.stdout
 
 
 def test_compare_saves_real_pngs_and_logs_them_to_the_parent_run(compared, tiny_study):
@@ -153,9 +162,10 @@ def test_compare_falls_back_to_ray_results_when_mlflow_is_down(compared, tiny_st
     assert code == 0
     assert "from Ray results" in out and "MLflow unreachable" in out
     online = compared[0].stdout
-    table = lambda text: sorted(  # noqa: E731 - trial, best value, epoch, epochs, state
-        tuple(line.split()[i] for i in (0, 5, 6, 7, 8)) for line in text.splitlines()
-        if len(line.split()) == 10 and line.split()[8] in (*FINISHED, "failed"))
+    table = lambda text: sorted(  # noqa: E731 - trial, best value, its interval and share,
+        tuple(line.split()[i] for i in (0, 5, 6, 7, 8, 9, 10))  # epoch, epochs, state
+        for line in text.splitlines()
+        if len(line.split()) == 12 and line.split()[10] in (*FINISHED, "failed"))
     assert table(out) == table(online)
     assert_png(tmp_path / "val_f1_per_epoch.png")
 
@@ -190,9 +200,15 @@ def test_best_logs_test_metrics_threshold_and_baseline_in_one_nested_run(best):
     assert run.data.tags["study"] == best["parent"].data.tags["study"]
     metrics = run.data.metrics
     for key in ("test/f1", "test/precision", "test/recall", "test/macro_f1", "test_tuned/f1",
-                "val_tuned/f1", "baseline/test/f1", "baseline/test/macro_f1", "threshold"):
+                "val_tuned/f1", "test_chosen/f1", "test_chosen/f1_low", "test_chosen/f1_high",
+                "test_chosen/macro_f1_low", "baseline/test/f1", "baseline/test/macro_f1",
+                "threshold", "threshold_tuned", "threshold_support"):
         assert key in metrics, key
     assert 0.0 <= metrics["threshold"] <= 1.0
+    assert (metrics["test_chosen/f1_low"] <= metrics["test_chosen/f1"]
+            <= metrics["test_chosen/f1_high"])
+    # The rule: off 0.5 only with the support of 90% of validation resamples.
+    assert (metrics["threshold"] == 0.5) == (metrics["threshold_support"] < 0.9)
     assert metrics["test/tp"] + metrics["test/fn"] == metrics["baseline/test/tp"] + metrics[
         "baseline/test/fn"]  # same test split for the model and the baseline
     client = best["client"]
@@ -200,7 +216,25 @@ def test_best_logs_test_metrics_threshold_and_baseline_in_one_nested_run(best):
     assert {"confusion_matrix.png", "precision_recall.png", "evaluation.json"} <= logged
     assert_png(best["export"] / "confusion_matrix.png")
     out = best["proc"].stdout
-    assert "model @ 0.5" in out and "tuned on val" in out and "TF-IDF + LinearSVC" in out
+    assert "model @ 0.5" in out and "F1-opt. on val" in out and "TF-IDF + LinearSVC" in out
+    assert "validation: val/f1 of the top trials, 95% intervals from 1000 resamples" in out
+    assert f"trial {run.data.tags['trial_id']}" in out and "<- champion" in out
+    assert f"threshold {metrics['threshold']:.4f}: " in out
+    assert f"F1 {metrics['test_chosen/f1']:.3f} [{metrics['test_chosen/f1_low']:.3f}, " in out
+
+
+def test_the_registered_model_and_the_export_say_how_sure_the_choice_is(best):
+    client, run = best["client"], best["run"]
+    version = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    for description in (version.description, client.get_registered_model(MODEL_NAME).description):
+        assert f"trial {run.data.tags['trial_id']}, epoch {run.data.tags['epoch']}" in description
+        assert "intervals from 1000 resamples" in description and "best in" in description
+        assert f"threshold {run.data.metrics['threshold']:.4f}: " in description
+        assert "test (" in description and "macro-F1" in description
+    saved = json.loads((best["export"] / "threshold.json").read_text())
+    assert saved["threshold"] == run.data.metrics["threshold"]
+    assert saved["evidence"]["support"] == run.data.metrics["threshold_support"]
+    assert saved["evidence"]["moved"] == (saved["threshold"] != 0.5)
 
 
 # The pyfunc's predict has no type hints on purpose (it takes lists and DataFrames alike).

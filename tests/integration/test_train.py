@@ -13,7 +13,14 @@ import pytest
 from safetensors import safe_open
 
 from tests.conftest import error_lines
-from trainable.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METRICS, RESUME, TRIAL_CONFIG
+from trainable.adapter import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    METRICS,
+    RESUME,
+    TRIAL_CONFIG,
+    VALIDATION_SCORES,
+)
 from trainable.config import EVAL_METRICS, OBJECTIVE, TrialConfig
 from trainable.errors import UserError
 from trainable.train import ADAPTER_DIR, CHECKPOINTS_DIR, main, train
@@ -132,6 +139,25 @@ def test_report_is_called_once_per_epoch_with_a_complete_folder(trial):
     for r in trial.reports:
         assert r.files is not None, f"{r.folder} did not exist when reported"
         assert {ADAPTER_WEIGHTS, ADAPTER_CONFIG, TRIAL_CONFIG, METRICS, RESUME} <= set(r.files)
+
+
+def test_each_epoch_keeps_its_validation_scores_which_give_its_logged_metrics(trial):
+    """Per clause, in split order, with the labels: analysis bootstraps val/f1 from them."""
+    from analysis.evaluate import binary_metrics
+    from trainable.data import load_splits
+
+    labels = load_splits(trial.cfg).validation["label"].tolist()
+    for r in trial.reports:
+        epoch = int(r.metrics["epoch"])
+        saved = json.loads((trial.copies / f"epoch-{epoch}" / VALIDATION_SCORES).read_text())
+        assert saved["epoch"] == epoch
+        assert saved["labels"] == "".join(map(str, labels))
+        assert len(saved["scores"]) == len(labels)
+        again = binary_metrics(labels, saved["scores"], 0.5)
+        for name in ("f1", "precision", "recall", "accuracy"):
+            assert again[name] == pytest.approx(r.metrics[f"val/{name}"], abs=1e-6), name
+    best = json.loads((trial.out / ADAPTER_DIR / VALIDATION_SCORES).read_text())
+    assert best["epoch"] == trial.result.best_epoch
 
 
 def test_saved_adapter_reproduces_the_test_metrics(trial, tmp_path):
@@ -382,3 +408,43 @@ def test_other_quantizations_train_and_quantize_what_they_say(quantization, laye
     result = train(cfg, progress=False)
     assert result.history and math.isfinite(result.metrics["val/loss"])
     assert (Path(result.adapter_dir) / ADAPTER_WEIGHTS).is_file()
+
+
+# --- a cross-validated trial -------------------------------------------------------------
+
+def test_a_cross_validated_trial_reports_the_mean_over_its_folds(tiny_model_dir, tmp_path):
+    from trainable.data import cv_splits, load_splits
+
+    reports = []
+
+    def report(metrics: dict[str, float], folder: Path) -> None:
+        reports.append((dict(metrics), json.loads((folder / METRICS).read_text()),
+                        (folder / ADAPTER_WEIGHTS).is_file()))
+
+    cfg = TrialConfig(model=str(tiny_model_dir), epochs=2, cv_folds=3,
+                      output_dir=str(tmp_path / "cv"), **SMALL)
+    result = train(cfg, report=report, progress=False)
+    assert len(result.folds) == 3 and len(result.history) == 2
+    for epoch, mean in enumerate(result.history):
+        for key in VAL_KEYS | TRAIN_KEYS:
+            folds = [fold[epoch][key] for fold in result.folds]
+            assert mean[key] == pytest.approx(sum(folds) / 3), key
+    # Each epoch reported once, after every fold, with the mean; the checkpoint says the same.
+    assert [r[0] for r in reports] == result.history
+    assert all(saved == metrics and has_adapter for metrics, saved, has_adapter in reports)
+    assert result.metrics == max(result.history, key=lambda h: h[OBJECTIVE.metric])
+    adapter = Path(result.adapter_dir)
+    assert json.loads((adapter / METRICS).read_text()) == result.metrics
+    assert TrialConfig.from_json_file(adapter / TRIAL_CONFIG) == cfg
+    assert not (adapter / VALIDATION_SCORES).exists()  # one fold's clauses: not the objective's
+    assert sorted(p.name for p in Path(cfg.output_dir).iterdir()) == [ADAPTER_DIR, METRICS]
+    # The folds validate on train and validation pooled, as cv_splits deals them out.
+    sizes = [len(f.validation) for f in cv_splits(load_splits(cfg), 3, cfg.seed)]
+    assert sum(sizes) == SMALL["max_train_samples"] + SMALL["max_eval_samples"]
+
+
+def test_a_cross_validated_trial_refuses_data_parallel_workers(tiny_model_dir, tmp_path):
+    cfg = TrialConfig(model=str(tiny_model_dir), epochs=1, cv_folds=2,
+                      output_dir=str(tmp_path / "cv"), **SMALL)
+    with pytest.raises(UserError, match="cv_folds 2: a cross-validated trial runs in one process"):
+        train(cfg, progress=False, strategy="ddp")

@@ -101,7 +101,7 @@ def test_each_finished_trial_has_its_best_adapter_as_artifact(tiny_study):
     for run in children:
         names = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "adapter")}
         assert {"adapter_model.safetensors", "adapter_config.json",
-                "trial_config.json", "metrics.json"} <= names
+                "trial_config.json", "metrics.json", "validation_scores.json"} <= names
         assert "resume.ckpt" not in names
         history = client.get_metric_history(run.info.run_id, "val/f1")
         best = max(m.value for m in history)
@@ -446,3 +446,22 @@ def test_search_metric_val_ap_drives_optuna_while_the_objective_picks_the_champi
     # The champion is still the best val/f1.
     _, parents, _ = study_runs(mlflow_server.uri, experiment, name)
     assert parents[0].data.tags["best_trial_id"] == best_trial(records).trial_id
+
+
+def test_a_cross_validated_study_reports_each_trial_s_mean_over_folds(warm_tiny_model_dir,
+                                                                       tmp_path):
+    """`--cv-folds 2` through the real driver, Ray and the MLflow mirror (sqlite): each trial's
+    epochs reach MLflow as their mean over folds, with an adapter checkpoint."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_study_cli(*tiny_study_args(warm_tiny_model_dir, tmp_path / "runs", uri, "cv",
+                                          "tests-cv", num_trials=2, epochs=2,
+                                          scheduler="none", cv_folds=2),
+                         cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    client, _, children = study_runs(uri, "tests-cv", "cv")
+    assert len(children) == 2
+    for run in children:
+        assert run.data.params["cv_folds"] == "2"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/f1")] == [1, 2]
+        names = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "adapter")}
+        assert "adapter_model.safetensors" in names and "validation_scores.json" not in names

@@ -73,3 +73,42 @@ def test_tfidf_baseline_picks_c_on_validation():
     assert result.val_f1[result.C] == max(result.val_f1.values())
     assert result.metrics["test"]["f1"] == 1.0
     assert len(result.test_scores) == 2
+
+
+def test_the_summary_says_how_sure_the_choice_is_and_goes_into_the_description():
+    from analysis.bootstrap import choose_threshold, compare_trials, metric_intervals
+    from analysis.evaluate import Evaluation
+    from analysis.register import description
+    from analysis.select import TopTrials
+    from analysis.study import Study
+
+    rng = np.random.default_rng(1)
+    labels = (rng.random(300) < 0.1).astype(int)
+    scores = {t: np.clip(0.3 * labels + rng.normal(0.3 + i / 10, 0.15, 300), 0, 1)
+              for i, t in enumerate(("champ", "next"))}
+    top = TopTrials(compare_trials(labels, scores, resamples=200), clauses=300,
+                    unfair=int(labels.sum()), resamples=200,
+                    notes=["trial old: no validation scores saved with its best epoch"])
+    choice = choose_threshold(labels, scores["champ"], resamples=200)
+    intervals = metric_intervals(labels, scores["champ"], choice.threshold, resamples=200)
+    ev = Evaluation(study="s", trial_id="champ", epoch=3, logged_value=0.5, checkpoint_source="x",
+                    threshold=choice.threshold, val_tuned_f1=0.6, tuned_threshold=choice.tuned,
+                    threshold_rule=choice.to_dict(), top_trials=top.to_dict(),
+                    test_intervals={m: {"value": iv.value, "low": iv.low, "high": iv.high}
+                                    for m, iv in intervals.items()}, sizes={"test": 300})
+    lines = ev.summary()
+    champ = next(line for line in lines if "trial champ" in line)
+    c = top.by_trial()["champ"]
+    assert f"{c.f1.value:.4f} [{c.f1.low:.3f}, {c.f1.high:.3f}]" in champ
+    assert champ.endswith("<- champion") and "<- champion" not in "".join(
+        line for line in lines if "trial next" in line)
+    assert any("no interval for trial old" in line for line in lines)
+    rule = next(line for line in lines if line.startswith("threshold "))
+    assert f"{choice.support:.0%} of 200 resamples" in rule and f"{choice.tuned:.4f}" in rule
+    assert ("moved" in rule) == choice.moved
+    test = lines[-1]
+    assert test.startswith("test (300 clauses)") and f"F1 {intervals['f1'].value:.3f} [" in test
+    assert "macro-F1" in test
+    text = description(Study(name="s", trials=[]), ev)
+    assert text.startswith("@champion of study s: trial champ, epoch 3")
+    assert all(line in text for line in lines)

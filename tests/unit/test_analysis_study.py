@@ -201,3 +201,111 @@ def test_load_from_ray_finds_studies_by_name_parent_id_or_latest(tmp_path):
         load_from_ray(tmp_path / "missing", None)
     with pytest.raises(UserError, match="no study under"):
         load_from_ray(tmp_path / "older" / "run_trial_aaaa0001_1_lr=0.001", None)
+
+
+def _scores_of(labels: list[int], f1_target: float, seed: int) -> list[float]:
+    """P(unfair) per clause whose F1 at 0.5 is near `f1_target`: a share of the unfair
+    clauses above 0.5, as many fair ones as false positives."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = np.asarray(labels)
+    scores = rng.uniform(0.0, 0.45, len(y))
+    unfair, fair = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    hits = rng.choice(unfair, size=round(f1_target * len(unfair)), replace=False)
+    false = rng.choice(fair, size=len(unfair) - len(hits), replace=False)
+    scores[hits] = rng.uniform(0.55, 1.0, len(hits))
+    scores[false] = rng.uniform(0.55, 1.0, len(false))
+    return scores.tolist()
+
+
+def _scored_study(root: Path, targets: dict[str, float], saved: set[str]) -> Path:
+    """A Ray study whose trials' best checkpoints hold validation scores (those in `saved`)."""
+    from analysis.bootstrap import f1_score
+    from trainable.adapter import METRICS, VALIDATION_SCORES
+
+    study_dir = _ray_study(root, "scored")
+    labels = [1 if i % 10 == 0 else 0 for i in range(400)]
+    for i, (trial_id, target) in enumerate(targets.items()):
+        scores = _scores_of(labels, target, seed=i)
+        f1 = f1_score(labels, scores, 0.5)
+        name = f"run_trial_{trial_id}_{10 + i}_lr=0.001"
+        _write_trial(study_dir, name, trial_id, {"lr": 1e-3, "batch_size": 16},
+                     [{"f1": f1 / 2, "ts": 1000}, {"f1": f1, "ts": 1010}, {"f1": f1, "ts": 1020}])
+        ckpt = study_dir / name / "checkpoint_000001"
+        ckpt.mkdir()
+        (ckpt / METRICS).write_text(json.dumps({"epoch": 2, "val/f1": f1}))
+        if trial_id in saved:
+            (ckpt / VALIDATION_SCORES).write_text(json.dumps(
+                {"epoch": 2, "labels": "".join(map(str, labels)), "scores": scores}))
+    return study_dir
+
+
+def test_compare_bootstraps_the_top_trials_on_the_same_clauses(tmp_path):
+    from analysis.select import compare_top
+
+    _scored_study(tmp_path, {"bbbb0001": 0.8, "bbbb0002": 0.78, "bbbb0003": 0.65,
+                             "bbbb0004": 0.75}, saved={"bbbb0001", "bbbb0002", "bbbb0003"})
+    study = load_from_ray(tmp_path, "scored")
+    top = compare_top(study, tracking_uri=None, k=4, resamples=300)
+    by_id = top.by_trial()
+    # bbbb0004 ranks among the top 4 but saved no scores; the Ray study's own trials rank lower.
+    assert set(by_id) == {"bbbb0001", "bbbb0002", "bbbb0003"}
+    assert top.notes == ["trial bbbb0004: no validation scores saved with its best epoch"]
+    assert (top.clauses, top.unfair) == (400, 40)
+    for trial in study.trials:
+        if trial.trial_id in by_id:
+            c = by_id[trial.trial_id]
+            assert c.f1.value == pytest.approx(trial.best[1])
+            assert c.f1.low < c.f1.value < c.f1.high
+    # 0.8 and 0.78 are one unfair clause apart: neither is sure to be best; 0.65 hardly ever.
+    assert 0.2 < by_id["bbbb0002"].best_share < by_id["bbbb0001"].best_share < 0.8
+    assert by_id["bbbb0003"].best_share < 0.05
+    table = trial_table(study, top)
+    assert list(table.columns[3:7]) == ["best val/f1", "low", "high", "best in"]
+    text = format_table(table, study.space()).splitlines()
+    assert "interval" in text[0] and "best in" in text[0]
+    assert f"{by_id['bbbb0001'].f1.low:.3f}-{by_id['bbbb0001'].f1.high:.3f}" in text[1]
+
+
+def test_scores_that_do_not_give_the_logged_objective_are_left_out(tmp_path):
+    from analysis.select import compare_top
+    from trainable.adapter import VALIDATION_SCORES
+
+    study_dir = _scored_study(tmp_path, {"bbbb0001": 0.8, "bbbb0002": 0.6},
+                              saved={"bbbb0001", "bbbb0002"})
+    path = study_dir / "run_trial_bbbb0002_11_lr=0.001" / "checkpoint_000001" / VALIDATION_SCORES
+    saved = json.loads(path.read_text())
+    saved["scores"] = [1.0 - s for s in saved["scores"]]
+    path.write_text(json.dumps(saved))
+    top = compare_top(load_from_ray(tmp_path, "scored"), tracking_uri=None, resamples=100)
+    assert list(top.by_trial()) == ["bbbb0001"]
+    assert any("bbbb0002: its saved scores give F1" in note for note in top.notes), top.notes
+
+
+def test_compare_and_its_bootstrap_import_neither_torch_nor_lightning_nor_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, analysis.compare, analysis.select, analysis.bootstrap; "
+            "print(sorted(m for m in ('torch', 'lightning', 'ray', 'transformers') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("data", [
+    None, [], {"epoch": 2, "labels": "01", "scores": [0.1]},
+    {"epoch": 2, "labels": "02", "scores": [0.1, 0.2]},
+    {"epoch": 2, "labels": "01", "scores": [0.1, float("nan")]},
+    {"epoch": 2, "labels": "01", "scores": [0.1, True]},
+    {"labels": "01", "scores": [0.1, 0.2]}, {"epoch": 2, "labels": "", "scores": []},
+])
+def test_malformed_validation_scores_are_not_read(data):
+    from tune.records import check_validation_scores
+
+    assert check_validation_scores(data) is None
+    assert check_validation_scores({"epoch": 2, "labels": "01", "scores": [0.1, 1]}) == {
+        "epoch": 2, "labels": "01", "scores": [0.1, 1.0]}

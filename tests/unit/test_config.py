@@ -46,6 +46,8 @@ BAD_VALUES = [
     ("max_train_samples", 1),
     ("max_eval_samples", 0),
     ("threads", 0),
+    ("cv_folds", 1),
+    ("cv_folds", True),
     ("quantization", "2bit"),
     ("quantization", None),
     ("precision", "bf16"),

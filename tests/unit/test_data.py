@@ -423,3 +423,32 @@ def test_eval_loader_is_sorted_by_length_and_keeps_labels(tokenizer, varied_fram
         seen_labels += batch["labels"].tolist()
     assert seen_lengths == lengths
     assert seen_labels == [int(varied_frame["label"][i]) for i in order]
+
+
+def _pooled(n_fair: int, n_unfair: int) -> data.Splits:
+    rows = [{"text": f"clause {i}", "label": int(i < n_unfair)} for i in range(n_fair + n_unfair)]
+    frame = pd.DataFrame(rows).sample(frac=1, random_state=1).reset_index(drop=True)
+    cut = len(frame) * 3 // 4
+    return data.Splits(train=frame[:cut].reset_index(drop=True),
+                       validation=frame[cut:].reset_index(drop=True), test=None)
+
+
+def test_cv_folds_validate_each_pooled_clause_once_and_keep_the_class_ratio():
+    splits = _pooled(180, 20)
+    folds = data.cv_splits(splits, 4, seed=0)
+    assert len(folds) == 4
+    seen = [t for f in folds for t in f.validation["text"]]
+    assert sorted(seen) == sorted([*splits.train["text"], *splits.validation["text"]])
+    for f in folds:
+        assert not set(f.train["text"]) & set(f.validation["text"])
+        assert len(f.train) + len(f.validation) == 200
+        assert f.validation["label"].sum() == 5 and len(f.validation) == 50
+    again = data.cv_splits(splits, 4, seed=0)
+    assert all(a.validation.equals(b.validation) for a, b in zip(folds, again, strict=True))
+    other = data.cv_splits(splits, 4, seed=1)
+    assert not folds[0].validation.equals(other[0].validation)
+
+
+def test_cv_folds_need_one_clause_of_each_class_per_fold():
+    with pytest.raises(UserError, match="cv_folds 5: .* only 3 clauses of one class"):
+        data.cv_splits(_pooled(50, 3), 5, seed=0)

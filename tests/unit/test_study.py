@@ -158,6 +158,15 @@ def test_fixing_every_searched_field_is_an_error():
                     "--batch-size", "16"])
 
 
+def test_a_cross_validated_study_is_a_trial_field_and_one_process_per_trial():
+    study, base, _ = parse_args(["--cv-folds", "5"])
+    assert base.cv_folds == 5 and study.workers_per_trial == 1
+    with pytest.raises(UserError, match="cv_folds 5: .* one process .*workers_per_trial 2"):
+        parse_args(["--cv-folds", "5", "--workers-per-trial", "2"])
+    with pytest.raises(UserError, match="cv_folds must be an integer >= 2"):
+        parse_args(["--cv-folds", "1"])
+
+
 def test_smoke_is_tiny_and_uses_the_demo_data_unless_told_otherwise():
     study, base, _ = parse_args(["--smoke"])
     assert study.num_trials == SMOKE_STUDY["num_trials"] <= 3 and base.epochs <= 2
