@@ -55,8 +55,8 @@ def calibrate(study: StudyConfig, base: TrialConfig, gpus: float) -> Calibration
     log.info("memory probe: %d configurations, %d steps each", len(configs), memory.PROBE_STEPS)
     # A fresh worker process (max_calls=1), as a trial's: what the probe measures is the peak
     # of a whole process.
-    task = ray.remote(memory.probe).options(num_cpus=study.cpus_per_trial, num_gpus=gpus,
-                                            max_calls=1, max_retries=0)
+    task = ray.remote(max_calls=1, max_retries=0)(memory.probe).options(
+        num_cpus=study.cpus_per_trial, num_gpus=gpus)
     calibration = ray.get(task.remote(configs))
     for peak in calibration.probes:
         log.info("memory probe: batch %d x %d tokens, rank %d: peak RSS %.2f GiB%s",
@@ -113,3 +113,28 @@ def describe(study: StudyConfig, base: TrialConfig, calibration: Calibration,
         f", GPU {sizes[0].get('gpu', 0):g} to {sizes[1].get('gpu', 0):g}")
     return (f"memory {sizes[0]['memory'] / GIB:.2f} to {sizes[1]['memory'] / GIB:.2f} GiB{gpu} "
             f"per trial (predicted peak + {MARGIN:.0%})")
+
+
+def overlap(records: list[Any]) -> tuple[int, float]:
+    """The most trials that ran at once in a finished study, and the most measured peak RSS
+    (GiB, `train/peak_rss_gib`) of trials running at once: what a node had to hold."""
+    from trainable.memory import PEAK_RSS
+
+    spans = []
+    for record in records:
+        if not record.results:
+            continue
+        last = record.results[-1]
+        if not isinstance(last.get("timestamp"), (int, float)):
+            continue
+        end = float(last["timestamp"])
+        start = end - float(last.get("time_total_s") or 0.0)
+        peak = max((r[PEAK_RSS] for r in record.results
+                    if isinstance(r.get(PEAK_RSS), (int, float))), default=0.0)
+        spans.append((start, end, peak))
+    most, held = 0, 0.0
+    for start, _, _ in spans:  # the load peaks when some trial starts
+        running = [s for s in spans if s[0] <= start < s[1]]
+        most = max(most, len(running))
+        held = max(held, sum(s[2] for s in running))
+    return most, held
