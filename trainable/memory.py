@@ -20,11 +20,9 @@ No Ray here: `tune.packing` runs the probe on a node and turns predictions into 
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from trainable.config import TrialConfig
@@ -94,15 +92,6 @@ class MemoryModel:
         coefficients = tuple(float(v) for v in solution / scale)
         return cls(arch, coefficients)  # type: ignore[arg-type]
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict."""
-        return {"arch": dataclasses.asdict(self.arch), "coefficients": list(self.coefficients)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MemoryModel:
-        """Read what `to_dict` wrote."""
-        return cls(Architecture(**d["arch"]), tuple(d["coefficients"]))  # type: ignore[arg-type]
-
 
 @dataclass(frozen=True)
 class Peak:
@@ -124,14 +113,6 @@ class Calibration:
     gpu_total: int | None
     """Total memory of the node's GPU in bytes (None without CUDA)."""
     probes: tuple[Peak, ...] = field(default=())
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (the probes as their configs' sizes and peaks)."""
-        return {"rss": self.rss.to_dict(), "gpu": None if self.gpu is None else self.gpu.to_dict(),
-                "gpu_total": self.gpu_total,
-                "probes": [{"batch_size": p.cfg.batch_size, "max_length": p.cfg.max_length,
-                            "lora_rank": p.cfg.lora_rank, "rss": p.rss, "gpu": p.gpu}
-                           for p in self.probes]}
 
 
 def calibrate(probes: Sequence[Peak], model_config: Any) -> Calibration:
@@ -155,8 +136,8 @@ def probe_config(cfg: TrialConfig, output_dir: str, steps: int = PROBE_STEPS) ->
                        pad_to_max_length=True, output_dir=output_dir, memory_limit_gb=None)
 
 
-def measure(cfg: TrialConfig, steps: int | None = None, **train_args: Any) -> Peak:
-    """Train `cfg` (in full, or `steps` probe steps when given) and measure its peak memory.
+def measure(cfg: TrialConfig, steps: int = PROBE_STEPS, **train_args: Any) -> Peak:
+    """Train `steps` probe steps of `cfg` (`probe_config`) and measure their peak memory.
 
     The peak is this process's: it counts the libraries already imported, as a trial's
     process does. Linux keeps the peak resident size (VmHWM) and resets it on request.
@@ -167,17 +148,13 @@ def measure(cfg: TrialConfig, steps: int | None = None, **train_args: Any) -> Pe
 
     cuda = torch.cuda.is_available() and cfg.accelerator != "cpu"
     with tempfile.TemporaryDirectory(prefix="memory-probe-") as tmp:
-        if steps is None:
-            run = cfg.replace(output_dir=str(Path(tmp) / "trial"))
-        else:
-            run = probe_config(cfg, tmp, steps)
-            train_args = {"limit_train_batches": steps, "limit_val_batches": 1} | train_args
         if not reset_peak_rss():
             raise UserError("memory probe: cannot measure peak memory here (it reads Linux's "
                             "/proc/self/clear_refs and VmHWM)")
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        train(run, progress=False, **train_args)
+        train(probe_config(cfg, tmp, steps), progress=False,
+              **{"limit_train_batches": steps, "limit_val_batches": 1} | train_args)
         rss = peak_rss() or 0
         gpu = int(torch.cuda.max_memory_allocated()) if cuda else None
     return Peak(cfg, rss, gpu)

@@ -69,11 +69,6 @@ def test_the_probe_spans_the_smallest_and_largest_configurations():
     assert corner_configs(TrialConfig(batch_size=16), {}) == [TrialConfig(batch_size=16)]
 
 
-def test_models_round_trip_through_json_dicts():
-    model = MemoryModel(MINILM, (1e9, 40.0, 2.0))
-    assert MemoryModel.from_dict(model.to_dict()) == model
-
-
 def test_a_trial_asks_for_its_prediction_plus_the_margin_and_a_gpu_share():
     study = StudyConfig(packing="memory")
     model = MemoryModel(MINILM, (1e9, 40.0, 2.0))
