@@ -103,7 +103,9 @@ def train(cfg: TrialConfig, callbacks: Sequence[Any] = (), report: Report | None
     continue from; `trainer_args` go to `lightning.Trainer` (strategy, devices, ...).
 
     The trial's memory is handed back before this returns or raises (`release_memory`):
-    Ray Tune runs trial after trial in one reused process.
+    Ray Tune runs trial after trial in one reused process. A fit that runs out of memory
+    before its first epoch is reported starts again with half the micro-batch and twice the
+    gradient accumulation (`smaller_micro_batch`), down to one clause per micro-batch.
     """
     try:
         while True:
