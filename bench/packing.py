@@ -154,7 +154,8 @@ def main() -> int:
           f"as fast (memory packing's includes its probe)")
     if packed.memory:
         worst = max(packed.memory, key=lambda m: abs(m.error))
-        print(f"   memory packing's trials, predicted (padded) vs measured peak RSS: worst "
+        print(f"   memory packing's trials, predicted (batches padded to max_length) vs measured "
+              f"peak RSS (batches padded to their longest clause): worst "
               f"{worst.error:+.1%}, mean |error| "
               f"{sum(abs(m.error) for m in packed.memory) / len(packed.memory):.1%}")
     same = {tuple(sorted(r.sampled.items())) for r in fixed.records} == {
