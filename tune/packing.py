@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from trainable.config import TrialConfig
-from trainable.errors import UserError
+from trainable.errors import UserError, first_line
 from trainable.memory import GIB, Calibration, corner_configs
 from tune.resources import trial_resources
 from tune.space import trial_config
@@ -24,9 +24,9 @@ from tune.study import StudyConfig
 
 log = logging.getLogger("tune")
 
-# Headroom over a prediction: the model's error on the corners of the default space is a few
-# percent (BENCHMARKS.md), and a trial's process is not the probe's (Tune's own state, the
-# data of the full split).
+# Headroom over a prediction: the model errs low by up to 10% on the corners of the default
+# space (BENCHMARKS.md), and a trial's process is not the probe's (Tune's own state, the data
+# of the full split).
 MARGIN = 0.15
 # The size fields of the space the probe spans; the others barely move memory.
 SIZE_FIELDS = ("batch_size", "max_length", "lora_rank")
@@ -57,7 +57,15 @@ def calibrate(study: StudyConfig, base: TrialConfig, gpus: float) -> Calibration
     # of a whole process.
     task = ray.remote(max_calls=1, max_retries=0)(memory.probe).options(
         num_cpus=study.cpus_per_trial, num_gpus=gpus)
-    calibration = ray.get(task.remote(configs))
+    try:
+        calibration = ray.get(task.remote(configs))
+    except ray.exceptions.RayError as e:  # the probe itself ran out of memory, or its node died
+        largest = configs[-1]
+        cause = getattr(e, "cause", None) or e  # a task's own error, not Ray's wrapper line
+        raise UserError(f"packing memory: the probe failed ({first_line(cause, 300)}); the largest "
+                        f"trial (batch_size {largest.batch_size}, max_length "
+                        f"{largest.max_length}) may not fit a node: lower batch_sizes or "
+                        f"max_lengths, or use --packing fixed") from None
     for peak in calibration.probes:
         log.info("memory probe: batch %d x %d tokens, rank %d: peak RSS %.2f GiB%s",
                  peak.cfg.batch_size, peak.cfg.max_length, peak.cfg.lora_rank, peak.rss / GIB,

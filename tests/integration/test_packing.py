@@ -84,3 +84,21 @@ def test_memory_packing_keeps_a_budgeted_node_within_its_memory_where_fixed_shar
     # The study reports its prediction error over its own trials.
     assert packed.memory and len(packed.memory) == 4
     assert all(abs(m.error) < TOLERANCE for m in packed.memory), packed.memory
+
+
+def test_a_probe_that_fails_is_a_one_line_error_naming_the_largest_trial(tmp_path):
+    import ray
+
+    from trainable.errors import UserError
+    from tune import packing
+
+    base = TrialConfig(model=PACKAGED_MODEL, data=str(tmp_path / "no-such-data"))
+    ray.init(num_cpus=1, include_dashboard=False, object_store_memory=200 * 1024**2)
+    try:
+        with pytest.raises(UserError) as failed:
+            packing.calibrate(StudyConfig(packing="memory"), base, gpus=0.0)
+    finally:
+        ray.shutdown()
+    message = str(failed.value)
+    assert message.startswith("packing memory: the probe failed (") and "\n" not in message
+    assert "no-such-data" in message and "batch_size 32, max_length 256" in message
