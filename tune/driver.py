@@ -131,6 +131,11 @@ def check_trial_inputs(study: StudyConfig, base: TrialConfig) -> None:
                             f"limit of model {base.model} ({limit} tokens)")
     else:
         model.check_max_length(base, model_config, tokenizer)
+    if "batch_size" in study.searched and base.grad_accumulation > 1:
+        uneven = [b for b in study.dimension("batch_size").choices if b % base.grad_accumulation]
+        if uneven:
+            raise UserError(f"grad_accumulation {base.grad_accumulation} must divide every batch "
+                            f"size searched (not {', '.join(map(str, uneven))})")
     data.load_splits(base, with_test=False)
 
 

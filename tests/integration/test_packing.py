@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import error_lines, run_cli
 from trainable.config import OBJECTIVE, PACKAGED_MODEL, TrialConfig
 from trainable.memory import GIB, corner_configs, measure, probe
 from tune.packing import overlap
@@ -102,3 +103,13 @@ def test_a_probe_that_fails_is_a_one_line_error_naming_the_largest_trial(tmp_pat
     message = str(failed.value)
     assert message.startswith("packing memory: the probe failed (") and "\n" not in message
     assert "no-such-data" in message and "batch_size 32, max_length 256" in message
+
+
+def test_a_grad_accumulation_that_does_not_divide_a_searched_batch_size_fails_at_start(
+        tmp_path):
+    proc = run_cli("--data", "demo", "--grad-accumulation", "4", "--batch-sizes", "8", "6",
+                   "--storage-path", tmp_path / "runs", "--mlflow-uri",
+                   f"sqlite:///{tmp_path / 'mlflow.db'}", module="tune.run", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert error_lines(proc.stderr) == [
+        "error: grad_accumulation 4 must divide every batch size searched (not 6)"]
