@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint
 
 from trainable.adapter import METRICS, RESUME, save_adapter
-from trainable.config import OBJECTIVE, TrialConfig
+from trainable.config import GRAD_ACCUMULATION, OBJECTIVE, TrialConfig
 
 # Called after each epoch's checkpoint is on disk: (metrics of that epoch, its folder).
 Report = Callable[[dict[str, float], Path], None]
@@ -74,6 +74,8 @@ class EpochCheckpoint(Checkpoint):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith(("train/", "val/"))}
         metrics["epoch"] = epoch
+        if self.cfg.grad_accumulation > 1:  # a trial that ran out of memory and retried
+            metrics[GRAD_ACCUMULATION] = float(self.cfg.grad_accumulation)
         self.history.append(metrics)
         if OBJECTIVE.better(metrics.get(OBJECTIVE.metric, float("nan")),
                             None if self.best_metrics is None else self.best_metrics[OBJECTIVE.metric]):

@@ -33,6 +33,10 @@ class Objective:
 # F1 of the unfair class: at 1 unfair clause in 10, accuracy rewards predicting "fair".
 OBJECTIVE = Objective(metric="val/f1", mode="max")
 
+# A metric of every epoch trained in micro-batches (grad_accumulation > 1): the MLflow run of a
+# trial that ran out of memory and went on with a smaller micro-batch carries it.
+GRAD_ACCUMULATION = "train/grad_accumulation"
+
 # Metric names logged for each evaluated split, `{split}/{name}`.
 # `ap`: average precision of P(unfair), threshold-free (a rung signal, see StudyConfig).
 EVAL_METRICS = ("loss", "f1", "precision", "recall", "accuracy", "macro_f1", "ap")
@@ -84,6 +88,10 @@ class TrialConfig:
     """Fraction of all steps spent warming up the learning rate."""
     batch_size: int = 16
     """Clauses per optimisation step."""
+    grad_accumulation: int = 1
+    """Micro-batches per optimisation step, each of batch_size / grad_accumulation clauses:
+    the same step in less activation memory. A trial that runs out of memory doubles it and
+    starts again (trainable.train)."""
     max_length: int = 128
     """Tokens kept per clause; longer clauses are truncated."""
     epochs: int = 3
@@ -156,6 +164,9 @@ class TrialConfig:
         _check(_is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, "warmup_ratio",
                self.warmup_ratio, "must be in [0, 1)")
         _check_int("batch_size", self.batch_size, minimum=1)
+        _check_int("grad_accumulation", self.grad_accumulation, minimum=1)
+        _check(self.batch_size % self.grad_accumulation == 0, "grad_accumulation",
+               self.grad_accumulation, f"must divide batch_size {self.batch_size}")
         _check_int("max_length", self.max_length, minimum=8)
         _check_int("epochs", self.epochs, minimum=1)
         _check_int("seed", self.seed, minimum=0)
@@ -184,6 +195,11 @@ class TrialConfig:
         if self.lora_alpha is not None:
             return float(self.lora_alpha)
         return float(self.lora_alpha_ratio) * self.lora_rank
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Clauses per forward and backward pass: batch_size / grad_accumulation."""
+        return self.batch_size // self.grad_accumulation
 
     @property
     def is_local_data(self) -> bool:

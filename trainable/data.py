@@ -253,15 +253,16 @@ def make_loader(dataset: ClauseDataset, tokenizer: Any, cfg: TrialConfig, train:
         # transformers' sampler: random mega-batches of 50 batches, each sorted by length,
         # so batches stay random across the epoch but hold clauses of similar length.
         gen = torch.Generator().manual_seed(cfg.seed)
-        sampler = LengthGroupedSampler(cfg.batch_size, lengths=dataset.lengths, generator=gen)
-        return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate)
+        sampler = LengthGroupedSampler(cfg.micro_batch_size, lengths=dataset.lengths, generator=gen)
+        return DataLoader(dataset, batch_size=cfg.micro_batch_size, sampler=sampler,
+                          collate_fn=collate)
     if train:
         gen = torch.Generator().manual_seed(cfg.seed)
-        return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+        return DataLoader(dataset, batch_size=cfg.micro_batch_size, shuffle=True, generator=gen,
                           collate_fn=collate)
     # Evaluation order does not change the metrics: sorting by length minimises padding.
     order = sorted(range(len(dataset)), key=dataset.lengths.__getitem__, reverse=True)
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=order, collate_fn=collate)
+    return DataLoader(dataset, batch_size=cfg.micro_batch_size, sampler=order, collate_fn=collate)
 
 
 def class_weights(labels: Iterable[int], scheme: str) -> torch.Tensor | None:

@@ -114,12 +114,29 @@ def train(cfg: TrialConfig, callbacks: Sequence[Any] = (), report: Report | None
     continue from; `trainer_args` go to `lightning.Trainer` (strategy, devices, ...).
 
     The trial's memory is handed back before this returns or raises (`release_memory`):
-    Ray Tune runs trial after trial in one reused process.
+    Ray Tune runs trial after trial in one reused process. A fit that runs out of memory
+    before its first epoch is reported starts again with half the micro-batch and twice the
+    gradient accumulation (`smaller_micro_batch`), down to one clause per micro-batch.
     """
     try:
         if cfg.cv_folds:
             return _cross_validate(cfg, callbacks, report, progress, trainer_args)
-        return _fit(cfg, callbacks, report, resume_from, progress, trainer_args)
+        while True:
+            reported = _Counted(report)
+            try:
+                return _fit(cfg, callbacks, reported, resume_from, progress, trainer_args)
+            except TrialOutOfMemoryError as e:
+                smaller = smaller_micro_batch(cfg)
+                if smaller is None or reported.calls:
+                    # After a reported epoch a new start would report that epoch twice.
+                    raise
+                log.warning("%s; retrying with micro-batches of %d x %d (same batch of %d)",
+                            e, smaller.micro_batch_size, smaller.grad_accumulation,
+                            smaller.batch_size)
+                _clear_frames(e)
+            _detach_from_model(callbacks)
+            release_memory()  # the failed attempt's model and batches, before the next loads
+            cfg = smaller
     except BaseException as e:
         # The traceback keeps every frame of the fit alive, and with them the model, the
         # optimizer and the trainer, for as long as the caller holds the exception (an ASHA
@@ -189,6 +206,30 @@ def _cross_validate(cfg: TrialConfig, callbacks: Sequence[Any], report: Report |
     return result
 
 
+def smaller_micro_batch(cfg: TrialConfig) -> TrialConfig | None:
+    """`cfg` with half the micro-batch and twice the accumulation (the same optimisation step
+    in about half the activation memory); None once the micro-batch is one clause."""
+    if cfg.micro_batch_size < 2:
+        return None
+    accumulation = cfg.grad_accumulation * 2
+    while cfg.batch_size % accumulation:  # an odd micro-batch: the next divisor of the batch
+        accumulation += 1
+    return cfg.replace(grad_accumulation=accumulation)
+
+
+class _Counted:
+    """A Report that counts its calls (a retry must not report an epoch twice)."""
+
+    def __init__(self, report: Report | None):
+        self.report = report
+        self.calls = 0
+
+    def __call__(self, metrics: dict[str, float], folder: Path) -> None:
+        self.calls += 1
+        if self.report is not None:
+            self.report(metrics, folder)
+
+
 def _fit(cfg: TrialConfig, callbacks: Sequence[Any], report: Report | None,
          resume_from: Path | None, progress: bool, trainer_args: dict[str, Any],
          splits: Any | None = None) -> TrialResult:
@@ -216,6 +257,7 @@ def _fit(cfg: TrialConfig, callbacks: Sequence[Any], report: Report | None,
         accelerator=prepared.device,
         precision=prepared.precision,
         max_epochs=cfg.epochs,
+        accumulate_grad_batches=cfg.grad_accumulation,
         logger=False,
         callbacks=[epochs, *callbacks],
         num_sanity_val_steps=0,
@@ -344,8 +386,9 @@ def out_of_memory_as_error(cfg: TrialConfig) -> Iterator[None]:
             raise
         where = f"limit {cfg.memory_limit_gb} GB" if cfg.memory_limit_gb else "device memory"
         raise TrialOutOfMemoryError(
-            f"out of memory ({where}) at batch_size {cfg.batch_size}, max_length "
-            f"{cfg.max_length}: {text.splitlines()[0][:300] if text else type(e).__name__}"
+            f"out of memory ({where}) at batch_size {cfg.batch_size}"
+            f"{'' if cfg.grad_accumulation == 1 else f' ({cfg.micro_batch_size} per micro-batch)'}"
+            f", max_length {cfg.max_length}: {text.splitlines()[0][:300] if text else type(e).__name__}"
         ) from e
 
 

@@ -13,8 +13,10 @@ from typing import Any
 
 from ray import tune
 
-from trainable.config import OBJECTIVE, TrialConfig
+from trainable.config import GRAD_ACCUMULATION, OBJECTIVE, TrialConfig
 from trainable.errors import UserError, first_line
+from trainable.memory import GIB, PEAK_RSS, Calibration
+from tune import packing
 from tune.callbacks import MirrorCallback, ProgressPrinter
 from tune.mirror import Mirror
 from tune.preflight import check_storage, make_store_folder
@@ -31,12 +33,26 @@ from tune.records import (
     read_trials,
 )
 from tune.resources import connect, data_parallel, describe_resources, resolve_gpus, trial_resources
-from tune.space import search_space
+from tune.space import search_space, trial_config
 from tune.study import StudyConfig, read_study_file, write_study_file
 
 log = logging.getLogger("tune")
 
 OPTUNA_DB = "optuna.db"
+
+
+@dataclass(frozen=True)
+class MemoryPrediction:
+    """A trial's predicted and measured peak RSS in bytes."""
+
+    trial_id: str
+    predicted: float
+    measured: float
+
+    @property
+    def error(self) -> float:
+        """Relative error of the prediction (positive: it over-predicted)."""
+        return self.predicted / self.measured - 1
 
 
 @dataclass
@@ -57,6 +73,10 @@ class StudySummary:
     counts: dict[str, int] = field(default_factory=dict)
     trial_run_ids: list[str] = field(default_factory=list)
     """The MLflow runs of the study's trials (lost ones left out)."""
+    retried: int = 0
+    """Trials that ran out of memory and went on with a smaller micro-batch."""
+    memory: list[MemoryPrediction] | None = None
+    """With `--packing memory`: each trial's predicted and measured peak memory."""
 
     @property
     def best_result(self) -> dict[str, Any]:
@@ -113,6 +133,11 @@ def check_trial_inputs(study: StudyConfig, base: TrialConfig) -> None:
                             f"limit of model {base.model} ({limit} tokens)")
     else:
         model.check_max_length(base, model_config, tokenizer)
+    if "batch_size" in study.searched and base.grad_accumulation > 1:
+        uneven = [b for b in study.dimension("batch_size").choices if b % base.grad_accumulation]
+        if uneven:
+            raise UserError(f"grad_accumulation {base.grad_accumulation} must divide every batch "
+                            f"size searched (not {', '.join(map(str, uneven))})")
     data.load_splits(base, with_test=False)
 
 
@@ -141,6 +166,14 @@ def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False,
     mirror: Mirror | None = None
     try:
         gpus = resolve_gpus(study)
+        resources: Any = trial_resources(study, gpus)
+        described = describe_resources(study, gpus)
+        calibration = None
+        if study.packing == "memory":
+            calibration = packing.calibrate(study, base, gpus)
+            packing.check_fits(study, base, calibration, gpus)
+            resources = packing.resources_per_trial(study, base, calibration, gpus)
+            described = packing.describe(study, base, calibration, gpus)
         make_store_folder(study.tracking_uri)
         mirror = Mirror(study, base)
         parent_id = mirror.start(resume=resume)
@@ -151,15 +184,15 @@ def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False,
                             f"({first_line(e)})") from None
         log.info("study %s: %d trials, %d at a time, %s; results in %s; MLflow parent "
                  "run %s", study.name, study.num_trials, study.max_concurrent,
-                 describe_resources(study, gpus), study.experiment_path, parent_id)
+                 described, study.experiment_path, parent_id)
         tuner = _tuner(study, base, gpus, restore=resume and tune.Tuner.can_restore(
-            study.experiment_path), trial_fn=trial_fn)
+            study.experiment_path), trial_fn=trial_fn, resources=resources)
         interrupted = False
         try:
             tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
-        return _summarize(study, mirror, started, interrupted)
+        return _summarize(study, mirror, started, interrupted, calibration)
     except BaseException:
         if mirror is not None and not resume:
             _discard_unstarted(study, mirror)
@@ -190,16 +223,19 @@ def _absolute_paths(base: TrialConfig) -> TrialConfig:
 
 
 def _tuner(study: StudyConfig, base: TrialConfig, gpus: float, restore: bool,
-           trial_fn: Any = None, callbacks: list[Any] | None = None) -> Any:
+           trial_fn: Any = None, callbacks: list[Any] | None = None,
+           resources: Any = None) -> Any:
     """The study's Tuner. `trial_fn` stands in for `run_trial` (same arguments) and
     `callbacks` for the MLflow mirror and the progress lines: `bench.replay` runs recorded
-    learning curves through the same searcher, scheduler and Tune settings this way."""
+    learning curves through the same searcher, scheduler and Tune settings this way.
+    `resources`: each trial's, a dict or a function of its sampled values (memory packing);
+    None: the study's fixed shares."""
     from tune.trial import run_trial
 
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn or run_trial, base=base,
                              parallel=data_parallel(study, gpus)),
-        trial_resources(study, gpus))
+        trial_resources(study, gpus) if resources is None else resources)
     if restore:
         # Finished trials stay finished (failed ones too); unfinished ones continue from
         # their last checkpoint; the searcher and callbacks come back from the study folder.
@@ -231,8 +267,8 @@ def _tuner(study: StudyConfig, base: TrialConfig, gpus: float, restore: bool,
     )
 
 
-def _summarize(study: StudyConfig, mirror: Mirror, started: float,
-               interrupted: bool) -> StudySummary:
+def _summarize(study: StudyConfig, mirror: Mirror, started: float, interrupted: bool,
+               calibration: Calibration | None = None) -> StudySummary:
     """Replay Ray's durable results into MLflow (catch-up), pick the best trial, close the parent."""
     records = ray_records(study.experiment_path, max_epochs=mirror.base.epochs)
     best = best_trial(records)
@@ -264,7 +300,28 @@ def _summarize(study: StudyConfig, mirror: Mirror, started: float,
                         experiment_id=mirror.experiment_id or "", best_run_id=best_run,
                         seconds=time.time() - started, trial_seconds=trial_seconds,
                         interrupted=interrupted, mlflow_synced=synced, counts=counts,
-                        trial_run_ids=run_ids)
+                        trial_run_ids=run_ids,
+                        retried=sum(_retried(r, mirror.base) for r in records),
+                        memory=None if calibration is None else _memory_errors(
+                            records, mirror.base, calibration))
+
+
+def _retried(record: TrialRecord, base: TrialConfig) -> bool:
+    """Whether the trial ran out of memory and went on in smaller micro-batches."""
+    return any(r.get(GRAD_ACCUMULATION, 1) > base.grad_accumulation for r in record.results)
+
+
+def _memory_errors(records: list[TrialRecord], base: TrialConfig,
+                   calibration: Calibration) -> list[MemoryPrediction]:
+    """Each measured trial's predicted and measured peak RSS (bytes)."""
+    errors = []
+    for record in records:
+        peaks = [r[PEAK_RSS] for r in record.results if isinstance(r.get(PEAK_RSS), (int, float))]
+        if peaks:
+            cfg = trial_config(base, record.sampled)
+            errors.append(MemoryPrediction(record.trial_id, calibration.rss.predict(cfg),
+                                       max(peaks) * GIB))
+    return errors
 
 
 def ray_records(experiment_path: str, max_epochs: int) -> list[TrialRecord]:

@@ -173,6 +173,17 @@ def print_summary(summary: Any) -> None:
           f"completed, {counts.get(STOPPED, 0)} stopped early by ASHA, {counts.get(FAILED, 0)} "
           f"failed) in {summary.seconds / 60:.1f} min")
     print(f"trial-epochs run: {epochs_run}; trials' own time {summary.trial_seconds / 60:.1f} min")
+    if summary.retried:
+        print(f"out of memory: {summary.retried} trial(s) went on with a smaller micro-batch "
+              f"(same batch, metric train/grad_accumulation on their MLflow runs)")
+    if summary.memory:
+        worst = max(summary.memory, key=lambda m: abs(m.error))
+        mean = sum(abs(m.error) for m in summary.memory) / len(summary.memory)
+        # The prediction is for batches padded to max_length; a trial's batches are padded to
+        # their longest clause, so on short clauses it needs less than predicted.
+        print(f"memory model: predicted (batches padded to max_length) vs measured peak RSS over "
+              f"{len(summary.memory)} trials: mean error {mean:.1%}, worst {worst.error:+.1%} "
+              f"(trial {worst.trial_id})")
     if summary.best is None:
         print("no trial has finished with a result")
         return

