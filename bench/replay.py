@@ -484,7 +484,7 @@ def replay_study(curves_dir: Path, curves: Curves, method: Method, seed: int, nu
                  only: dict[str, tuple[Any, ...]] | None = None
                  ) -> tuple[list[tuple[str, int, int]], float]:
     """Run one study of `method` over the recording through the driver; (events, seconds)."""
-    from trainable.config import TrialConfig
+    from trainable.config import OBJECTIVE, TrialConfig
     from tune.driver import _tuner
     from tune.study import StudyConfig
 
@@ -496,7 +496,10 @@ def replay_study(curves_dir: Path, curves: Curves, method: Method, seed: int, nu
         searched=FIELDS, space=space, search=method.search, scheduler=method.scheduler,
         startup_trials=method.startup_trials, grace_period=method.grace_period,
         reduction_factor=method.reduction_factor, search_seed=seed,
-        storage_path=str(storage), max_failures=0)
+        storage_path=str(storage), max_failures=0,
+        # The replay reports the method's signal under the objective's name, so the searcher
+        # and ASHA rank on the objective's key ("optuna+asha ap" is the default study).
+        search_metric=OBJECTIVE.metric)
     base = TrialConfig(epochs=curves.epochs)
     trial_fn = functools.partial(replay_trial, curves=str(curves_dir.resolve()), only=only,
                                  signal=method.signal,

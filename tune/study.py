@@ -54,10 +54,11 @@ class StudyConfig:
     (`lr_min`, `lora_ranks`, ...) or a config file's `space:` section."""
     search: Literal["optuna", "random"] = "optuna"
     """Optuna TPE, or random sampling (the baseline for benchmarks)."""
-    search_metric: Literal["val/f1", "val/ap", "val/loss"] = "val/f1"
-    """What Optuna and ASHA rank trials on while the study runs: the objective itself, or a
-    steadier signal from the same validation clauses (val/ap, the average precision of
-    P(unfair); val/loss). The champion is picked by the objective either way."""
+    search_metric: Literal["val/f1", "val/ap", "val/loss"] = "val/ap"
+    """What Optuna and ASHA rank trials on while the study runs: a steadier signal from the
+    same validation clauses than the objective (val/ap, the average precision of P(unfair),
+    ranks early epochs better; BENCHMARKS.md, replayed studies), val/f1 itself, or val/loss.
+    The champion is picked by the objective either way."""
     startup_trials: int | None = None
     """Random trials before TPE takes over; None sizes it to the budget (a third, 2 to 10)."""
     scheduler: Literal["asha", "none"] = "asha"
