@@ -280,14 +280,9 @@ def _write_run(frame: pd.DataFrame, path: Path) -> None:
 
 
 def _rss_gb() -> float:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024**2
-    except OSError:
-        pass
-    return 0.0
+    from trainable.memory import GIB, status_bytes
+
+    return (status_bytes("VmRSS") or 0) / GIB
 
 
 def _git_commit() -> str | None:

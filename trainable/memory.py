@@ -209,11 +209,17 @@ def reset_peak_rss() -> bool:
 
 def peak_rss() -> int | None:
     """This process's peak resident bytes since the last `reset_peak_rss` (None: unknown)."""
+    return status_bytes("VmHWM")
+
+
+def status_bytes(key: str) -> int | None:
+    """A size Linux keeps for this process in /proc/self/status (`VmRSS`, `VmHWM`, `VmData`,
+    ...), in bytes; None where it is not kept (other systems)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(f"{key}:"):
+                    return int(line.split()[1]) * 1024  # the file counts kB
     except OSError:
         pass
     return None

@@ -32,6 +32,7 @@ from trainable.checkpoint import EpochCheckpoint, Report
 from trainable.cli import ArgumentParser, add_dataclass_flags, command
 from trainable.config import DEMO_DATA, HUB_DATA, OBJECTIVE, PACKAGED_MODEL, TrialConfig
 from trainable.errors import TrialOutOfMemoryError, UserError
+from trainable.memory import status_bytes
 
 log = logging.getLogger("trainable")
 
@@ -350,7 +351,7 @@ def memory_limit(gigabytes: float | None) -> Iterator[None]:
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    limit = _data_segment_bytes() + int(gigabytes * 1024**3)
+    limit = (status_bytes("VmData") or 0) + int(gigabytes * 1024**3)
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
@@ -359,16 +360,6 @@ def memory_limit(gigabytes: float | None) -> Iterator[None]:
     finally:  # a reused trial process must get its memory back
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
-
-def _data_segment_bytes() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmData:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 @contextlib.contextmanager

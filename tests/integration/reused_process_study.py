@@ -21,11 +21,12 @@ from typing import Any
 
 def rss_mb() -> float:
     """This process's resident memory, in MB."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    from trainable.memory import status_bytes
+
+    rss = status_bytes("VmRSS")
+    if rss is None:
+        raise RuntimeError("no VmRSS in /proc/self/status")
+    return rss / 1024**2
 
 
 def main() -> None:
