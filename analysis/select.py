@@ -192,6 +192,4 @@ def validation_scores(trial: TrialRecord, tracking_uri: str | None) -> dict[str,
             scores = check_validation_scores(json.loads(Path(local).read_text(encoding="utf-8")))
         except Exception:  # MlflowException when absent (a study from before scores were kept)
             return None
-    assert trial.best is not None
-    best_epochs = {e for e, v in trial.history.items() if v == trial.best[1]}
-    return scores if scores is not None and scores["epoch"] in best_epochs else None
+    return scores if scores is not None and scores["epoch"] in trial.best_epochs else None

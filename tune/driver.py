@@ -15,7 +15,7 @@ from ray import tune
 
 from trainable.config import GRAD_ACCUMULATION, OBJECTIVE, TrialConfig
 from trainable.errors import UserError, first_line
-from trainable.memory import GIB, PEAK_RSS, Calibration
+from trainable.memory import GIB, Calibration
 from tune import packing
 from tune.callbacks import MirrorCallback, ProgressPrinter
 from tune.mirror import Mirror
@@ -316,11 +316,11 @@ def _memory_errors(records: list[TrialRecord], base: TrialConfig,
     """Each measured trial's predicted and measured peak RSS (bytes)."""
     errors = []
     for record in records:
-        peaks = [r[PEAK_RSS] for r in record.results if isinstance(r.get(PEAK_RSS), (int, float))]
-        if peaks:
+        peak = packing.measured_peak(record)
+        if peak is not None:
             cfg = trial_config(base, record.sampled)
             errors.append(MemoryPrediction(record.trial_id, calibration.rss.predict(cfg),
-                                       max(peaks) * GIB))
+                                           peak * GIB))
     return errors
 
 

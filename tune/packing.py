@@ -123,11 +123,17 @@ def describe(study: StudyConfig, base: TrialConfig, calibration: Calibration,
             f"per trial (predicted peak + {MARGIN:.0%})")
 
 
+def measured_peak(record: Any) -> float | None:
+    """The most peak RSS (GiB, `train/peak_rss_gib`) any epoch of the trial reported."""
+    from trainable.memory import PEAK_RSS
+
+    peaks = [r[PEAK_RSS] for r in record.results if isinstance(r.get(PEAK_RSS), (int, float))]
+    return max(peaks) if peaks else None
+
+
 def overlap(records: list[Any]) -> tuple[int, float]:
     """The most trials that ran at once in a finished study, and the most measured peak RSS
     (GiB, `train/peak_rss_gib`) of trials running at once: what a node had to hold."""
-    from trainable.memory import PEAK_RSS
-
     spans = []
     for record in records:
         if not record.results:
@@ -137,9 +143,7 @@ def overlap(records: list[Any]) -> tuple[int, float]:
             continue
         end = float(last["timestamp"])
         start = end - float(last.get("time_total_s") or 0.0)
-        peak = max((r[PEAK_RSS] for r in record.results
-                    if isinstance(r.get(PEAK_RSS), (int, float))), default=0.0)
-        spans.append((start, end, peak))
+        spans.append((start, end, measured_peak(record) or 0.0))
     most, held = 0, 0.0
     for start, _, _ in spans:  # the load peaks when some trial starts
         running = [s for s in spans if s[0] <= start < s[1]]

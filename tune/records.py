@@ -99,6 +99,12 @@ class TrialRecord:
         return (_epoch(result), float(result[OBJECTIVE.metric])) if result else None
 
     @property
+    def best_epochs(self) -> set[int]:
+        """Every epoch whose objective ties the best (its saved scores may be any of them)."""
+        best = self.best
+        return set() if best is None else {e for e, v in self.history.items() if v == best[1]}
+
+    @property
     def seconds(self) -> float | None:
         """The trial's own training time (Ray's `time_total_s`), when reported."""
         times = [float(r["time_total_s"]) for r in self.results if "time_total_s" in r]
@@ -260,10 +266,9 @@ def check_validation_scores(data: Any) -> dict[str, Any] | None:
 def best_validation_scores(record: TrialRecord) -> dict[str, Any] | None:
     """The validation scores saved with the trial's best epoch (any of tied epochs), from its
     checkpoint folders; None when none of them holds that epoch's scores."""
-    best = record.best
-    if best is None:
+    epochs = record.best_epochs
+    if not epochs:
         return None
-    epochs = {e for e, v in record.history.items() if v == best[1]}
     folders = record.checkpoints or (list_checkpoints(record.folder) if record.folder else [])
     for folder in sorted(folders):
         scores = check_validation_scores(read_json(f"{folder.rstrip('/')}/{VALIDATION_SCORES}"))
