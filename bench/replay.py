@@ -447,6 +447,9 @@ def replay_trial(sampled: dict[str, Any], base: Any, parallel: Any = None, curve
         row = rows.loc[epoch]
         metrics = {k: float(v) for k, v in row.items() if k.startswith(("val/", "test/", "train/"))}
         metrics["val/f1_logged"] = metrics["val/f1"]
+        # The table negates the loss (every signal higher-is-better); a study reads it as
+        # logged (`--search-metric val/loss` minimizes it, the mirror shows it).
+        metrics["val/loss"] = -metrics["val/loss"]
         tune.report({**metrics, OBJECTIVE.metric: float(row[signal]), "epoch": epoch,
                      "grid_config": config, "curve_seed": seed, "reported_at": time.time()})
 
