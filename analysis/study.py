@@ -125,7 +125,7 @@ def load_from_mlflow(client: Any, experiment: str, selector: str | None) -> Stud
         trials.append(TrialRecord.from_history(
             run.data.tags.get("trial_id", run.info.run_name),
             {k: _parse(rp[k]) for k in searched if k in rp}, history,
-            # The mirror dates a trial's run from Ray's results (tune.mirror.trial_times);
+            # The mirror dates a trial's run from Ray's results (tune.records.TrialRecord.span);
             # studies mirrored before it did started their runs at the first report.
             seconds=(end - run.info.start_time) / 1000 if end else None,
             state=run.data.tags.get("state", RUNNING), error=run.data.tags.get("error"),

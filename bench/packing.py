@@ -76,8 +76,7 @@ def _study(packing: str, base: TrialConfig, args: argparse.Namespace, cpus: int,
 
 def _mean_at_once(records: list[Any]) -> float:
     """Trials running at once on average while any ran: their summed time over the span."""
-    spans = [(r.results[-1]["timestamp"] - r.results[-1]["time_total_s"],
-              r.results[-1]["timestamp"]) for r in records if r.results]
+    spans = [r.span for r in records if r.span is not None]
     if not spans:
         return 0.0
     span = max(e for _, e in spans) - min(s for s, _ in spans)

@@ -438,6 +438,7 @@ def replay_trial(sampled: dict[str, Any], base: Any, parallel: Any = None, curve
     from ray import tune
 
     from trainable.config import OBJECTIVE
+    from tune.records import REPORTED_AT
 
     table = _cached(curves, only)
     config = table.index(sampled)
@@ -451,7 +452,7 @@ def replay_trial(sampled: dict[str, Any], base: Any, parallel: Any = None, curve
         # logged (`--search-metric val/loss` minimizes it, the mirror shows it).
         metrics["val/loss"] = -metrics["val/loss"]
         tune.report({**metrics, OBJECTIVE.metric: float(row[signal]), "epoch": epoch,
-                     "grid_config": config, "curve_seed": seed, "reported_at": time.time()})
+                     "grid_config": config, "curve_seed": seed, REPORTED_AT: time.time()})
 
 
 def _arrival_log() -> Any:

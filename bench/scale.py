@@ -50,6 +50,7 @@ def run_size(trials: int, curves_dir: Path, root: Path, concurrent: int) -> dict
     from tests.conftest import MlflowServer
     from trainable.config import OBJECTIVE, TrialConfig
     from tune.driver import run_study
+    from tune.records import report_time
     from tune.study import StudyConfig
 
     curves = build_curves(*load_curves(curves_dir))
@@ -73,7 +74,8 @@ def run_size(trials: int, curves_dir: Path, root: Path, concurrent: int) -> dict
         returned = time.time()
         cpu = time.process_time() - cpu
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        stamps = sorted(float(r["reported_at"]) for rec in summary.records for r in rec.results)
+        stamps = sorted(t for rec in summary.records for r in rec.results
+                        if (t := report_time(r)) is not None)
         results = len(stamps)
         held = _mlflow_epochs(server.uri, study.experiment, name, OBJECTIVE.metric)
         expected = {rec.trial_id: rec.epochs for rec in summary.records}

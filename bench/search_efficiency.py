@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from trainable.config import OBJECTIVE
-from tune.records import read_trials
+from tune.records import read_trials, report_time
 
 REPO = Path(__file__).resolve().parents[1]
 SEARCHES = {
@@ -34,7 +34,7 @@ def curve(experiment: Path) -> list[tuple[int, float]]:
     """(cumulative trial-epochs, best objective so far) after each reported epoch, by arrival."""
     results = [r for record in read_trials(str(experiment), max_epochs=0)
                for r in record.results if OBJECTIVE.metric in r]
-    results.sort(key=lambda r: r["timestamp"])
+    results.sort(key=lambda r: report_time(r) or 0.0)
     best, out = None, []
     for i, r in enumerate(results, start=1):
         if OBJECTIVE.better(float(r[OBJECTIVE.metric]), best):

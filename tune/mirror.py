@@ -29,12 +29,14 @@ from tune.records import (
     COMPLETED,
     FAILED,
     LOST,
+    REPORTED_AT,
     RUNNING,
     STOPPED,
     TrialRecord,
     best_checkpoint,
     fetch_folder,
     read_study_json,
+    report_time,
 )
 from tune.study import StudyConfig
 
@@ -44,11 +46,12 @@ _RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", FAILED: "FAILED", LOS
 
 BEST_METRIC = f"{OBJECTIVE.metric}_best"  # running best of the objective, for sorting in the UI
 ADAPTER_ARTIFACT = "adapter"
-# Keys Ray adds to every result; only the trial's own metrics are mirrored.
+# Keys Ray adds to every result, and the report's time (dates the run's metrics instead);
+# only the trial's own metrics are mirrored.
 _RAY_KEYS = {"epoch", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
              "time_since_restore", "iterations_since_restore", "done", "should_checkpoint",
              "checkpoint_dir_name", "trial_id", "date", "hostname", "node_ip", "pid",
-             "experiment_tag", "config"}
+             "experiment_tag", "config", REPORTED_AT}
 
 
 def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -172,7 +175,8 @@ class Mirror:
     # -- trials -------------------------------------------------------------------------------
     def apply(self, record: TrialRecord) -> str:
         """Make the trial's child run match `record`; safe to repeat. Returns the run id."""
-        started, ended = trial_times(record.results)
+        span = record.span
+        started, ended = (None, None) if span is None else (_ms(span[0]), _ms(span[1]))
         run_id = self._child_run(record.trial_id, start_time=started)
         run = self.client.get_run(run_id)
         if not run.data.params:
@@ -192,7 +196,7 @@ class Mirror:
             if epoch in logged or score is None:
                 continue
             values[BEST_METRIC] = best
-            stamp = int(float(result.get("timestamp", time.time())) * 1000)
+            stamp = _ms(report_time(result) or time.time())
             metrics += _metrics(values, step=epoch, timestamp=stamp)
             logged.add(epoch)
         for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per batch
@@ -278,23 +282,9 @@ class Mirror:
             self.client.log_batch(run_id, params=items[i:i + 90])
 
 
-def trial_times(results: list[dict[str, Any]]) -> tuple[int | None, int | None]:
-    """(start, end) of a trial in ms since the epoch, from Ray's results; (None, None) without.
-
-    Each result has Ray's `timestamp` (when it was reported, whole seconds) and `time_total_s`
-    (the trial's time up to it, set-up included): the trial started `time_total_s` before
-    its first epoch's report, and its run ends with its last report. A trial retried after a
-    failure counts from its first start. The first epoch decides the start whether the mirror
-    sees one result (live) or all of them (catch-up, tune.sync), so both date a run alike.
-    """
-    stamped = [r for r in results if isinstance(r.get("timestamp"), (int, float))]
-    if not stamped:
-        return None, None
-    first = min(stamped, key=lambda r: (int(r.get("epoch", r.get("training_iteration", 0))),
-                                        float(r["timestamp"])))
-    start = float(first["timestamp"]) - float(first.get("time_total_s") or 0.0)
-    end = max(float(r["timestamp"]) for r in stamped)
-    return int(start * 1000), int(end * 1000)
+def _ms(seconds: float) -> int:
+    """MLflow's times: whole milliseconds since the epoch."""
+    return int(seconds * 1000)
 
 
 def _param_value(value: Any) -> str:

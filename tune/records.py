@@ -38,6 +38,9 @@ PARAMS_FILE = "params.json"  # ray.air.constants.EXPR_PARAM_FILE
 RESULT_FILE = "result.json"  # ray.air.constants.EXPR_RESULT_FILE
 ERROR_FILE = "error.txt"  # ray.air.constants.EXPR_ERROR_FILE
 CHECKPOINT_PREFIX = "checkpoint_"
+# Wall-clock time (float seconds) of a report, set by the trial (tune.trial): Ray's own
+# `timestamp` is whole seconds, too coarse to tell which trials of a few seconds overlapped.
+REPORTED_AT = "reported_at"
 
 
 @dataclass
@@ -111,6 +114,22 @@ class TrialRecord:
         return max(times) if times else None
 
     @property
+    def span(self) -> tuple[float, float] | None:
+        """(start, end) of the trial in wall-clock seconds, from its results; None without.
+
+        Each result has its report's time (`report_time`) and `time_total_s` (the trial's
+        time up to it, set-up included): the trial started `time_total_s` before its first
+        epoch's report and ends with its last report. A trial retried after a failure counts
+        from its first start. The first epoch decides the start whether a reader sees one
+        result (the live mirror) or all of them (catch-up, `tune.sync`), so both date it alike.
+        """
+        stamped = [(r, t) for r in self.results if (t := report_time(r)) is not None]
+        if not stamped:
+            return None
+        first, at = min(stamped, key=lambda rt: (_epoch(rt[0]), rt[1]))
+        return at - float(first.get("time_total_s") or 0.0), max(t for _, t in stamped)
+
+    @property
     def finished(self) -> bool:
         """Completed or stopped early (not failed, not running)."""
         return self.state in FINISHED_STATES
@@ -119,6 +138,13 @@ class TrialRecord:
     def last(self) -> dict[str, Any]:
         """The latest result ({} before the first)."""
         return self.results[-1] if self.results else {}
+
+
+def report_time(result: dict[str, Any]) -> float | None:
+    """When a result was reported (wall-clock seconds): the trial's own `REPORTED_AT`, else
+    Ray's whole-second `timestamp` (results of studies run before trials reported it)."""
+    at = result.get(REPORTED_AT, result.get("timestamp"))
+    return float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None
 
 
 def _epoch(result: dict[str, Any]) -> int:
@@ -325,7 +351,7 @@ def read_trial(folder: str, max_epochs: int, trial_id: str | None = None,
     if ray_status is not None:
         errored, ended = ray_status == "ERROR", ray_status in ("TERMINATED", "ERROR")
     else:
-        last_time = max((float(r["timestamp"]) for r in results if "timestamp" in r), default=None)
+        last_time = max((t for r in results if (t := report_time(r)) is not None), default=None)
         errored, ended = error_after_last_report(_mtime(error_file), last_time), True
     state = trial_state(epochs, max_epochs, errored, ended)
     error = (last_error(error_file) or "failed (no error file)") if state == FAILED else None

@@ -25,7 +25,7 @@ def sync(study: StudyConfig) -> tuple[int, str]:
     """
     from trainable.cli import progress_bar
     from tune.driver import ray_records
-    from tune.mirror import Mirror, trial_times
+    from tune.mirror import Mirror
     from tune.preflight import make_store_folder
     from tune.records import COMPLETED, FAILED, RUNNING, STOPPED, check_tracking_uri
     from tune.study import read_study_file
@@ -38,9 +38,9 @@ def sync(study: StudyConfig) -> tuple[int, str]:
                            mlflow_uri=study.mlflow_uri or saved.mlflow_uri)
     check_tracking_uri(target.tracking_uri)
     records = ray_records(target.experiment_path, max_epochs=base.epochs)
-    times = [trial_times(r.results) for r in records]
-    starts = [start for start, _ in times if start is not None]
-    ends = [end for _, end in times if end is not None]
+    spans = [r.span for r in records if r.span is not None]
+    starts = [int(start * 1000) for start, _ in spans]
+    ends = [int(end * 1000) for _, end in spans]
     make_store_folder(target.tracking_uri)
     mirror = Mirror(target, base)
     parent = mirror.start(resume=True, start_time=min(starts, default=None))

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from trainable.cli import configure_logging
 from trainable.config import TrialConfig
 from trainable.memory import GIB, PEAK_RSS, peak_rss, reset_peak_rss
 from trainable.train import train
+from tune.records import REPORTED_AT
 from tune.space import trial_config
 
 # A string field in every result: the Ray node that trained (rank 0's node for data-parallel
@@ -76,7 +78,7 @@ def run_trial(sampled: dict[str, Any], base: TrialConfig,
         # objective (CheckpointConfig) plus the latest, for restarts.
         peak = peak_rss() if measured else None
         memory = {} if peak is None else {PEAK_RSS: round(peak / GIB, 4)}
-        tune.report({**metrics, **memory, NODE_ID: node_id},
+        tune.report({**metrics, **memory, NODE_ID: node_id, REPORTED_AT: time.time()},
                     checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
     measured = reset_peak_rss()  # a reused process: this trial's peak, not an earlier one's
@@ -213,7 +215,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     def report(metrics: dict[str, float], folder: Path) -> None:
         # Every rank reports (Ray Train waits for all); only rank 0 wrote the folder.
         checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if rank == 0 else None
-        ray.train.report({**metrics, NODE_ID: node_id}, checkpoint=checkpoint)
+        ray.train.report({**metrics, NODE_ID: node_id, REPORTED_AT: time.time()},
+                         checkpoint=checkpoint)
 
     # Lightning's DDP with Ray's process group (gloo on CPU, NCCL on GPU), world size and
     # ranks; `_PrepareTrainer` checks that wiring before the fit.
