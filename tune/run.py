@@ -52,6 +52,10 @@ def _space_flags() -> dict[str, dict[str, Any]]:
                 flags[key] = dict(type=float, metavar="X",
                                   help=f"{end} bound of {dim.name} ({dim.help}; default "
                                        f"{dim.describe()})")
+            if dim.key:
+                flags[dim.key] = dict(type=float, nargs="+", metavar="X",
+                                      help=f"{dim.name} values to choose from, instead of its "
+                                           f"range")
         else:
             flags[dim.keys[0]] = dict(type=dim.type, nargs="+", metavar="V",
                                       help=f"{dim.help} (default {dim.describe()})")

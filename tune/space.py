@@ -70,7 +70,8 @@ class Dimension:
     """A trial-config field that, when set for every trial, makes this one moot (an explicit
     `target_modules` list wins over `lora_targets`): the search then leaves it out."""
     key: str | None = None
-    """The study key holding the choices (`lora_ranks`); float ranges use `<name>_min/_max`."""
+    """The study key holding the choices (`lora_ranks`). Float ranges use `<name>_min/_max`;
+    one with a `key` (`lrs`) may be given a list of choices there instead of its range."""
     help: str = ""
 
     def __post_init__(self) -> None:
@@ -106,7 +107,8 @@ class Dimension:
             bad = [v for v in values if not _number(v)
                    or (self.minimum is not None and v < self.minimum)]
             if bad:
-                raise UserError(f"{key}: {bad[0]!r} is not a number >= {self.minimum:g}")
+                at_least = "" if self.minimum is None else f" >= {self.minimum:g}"
+                raise UserError(f"{key}: {bad[0]!r} is not a number{at_least}")
         elif not all(isinstance(v, self.type) for v in values):
             raise UserError(f"{key}: every choice must be a {self.type.__name__} (got {list(values)})")
         bad = [v for v in values if self.allowed and v not in self.allowed
@@ -129,6 +131,11 @@ class Dimension:
             return (self.key or self.name,)
         return (f"{self.name}_min", f"{self.name}_max")
 
+    @property
+    def all_keys(self) -> tuple[str, ...]:
+        """Every study key it takes: a float range's bounds, and its choices key if it has one."""
+        return self.keys + ((self.key,) if self.kind != CHOICE and self.key else ())
+
     def settings(self) -> dict[str, Any]:
         """Its range or choices under its study keys."""
         if self.kind == CHOICE:
@@ -142,6 +149,15 @@ class Dimension:
                 return self
             return replace(self, choices=_tuple(values[self.keys[0]]))
         lo, hi = self.keys
+        if self.key and self.key in values:  # choices instead of the range
+            if lo in values or hi in values:
+                raise UserError(f"{self.key} lists {self.name}'s choices: leave out {lo} and {hi}")
+            choices = _tuple(values[self.key])
+            if self.kind == LOG_FLOAT and isinstance(choices, tuple) and any(
+                    _number(_float(v)) and _float(v) <= 0 for v in choices):
+                raise UserError(f"{self.key}: every choice must be positive (got {list(choices)})")
+            return replace(self, kind=CHOICE, low=None, high=None, choices=tuple(
+                _float(v) for v in choices) if isinstance(choices, tuple) else choices)
         return replace(self, low=_float(values.get(lo, self.low)),
                        high=_float(values.get(hi, self.high)))
 
@@ -169,7 +185,7 @@ class Dimension:
 # The table. The first four are the default search; the others are searched when named in
 # the study's `searched` (or a config file's `space:` section; tune/spaces/lora.yaml names all).
 DIMENSIONS: tuple[Dimension, ...] = (
-    Dimension("lr", LOG_FLOAT, low=1e-4, high=3e-3, help="peak learning rate of AdamW"),
+    Dimension("lr", LOG_FLOAT, low=1e-4, high=3e-3, key="lrs", help="peak learning rate of AdamW"),
     Dimension("lora_rank", CHOICE, choices=(4, 8, 16, 32), type=int, minimum=1, key="lora_ranks",
               help="LoRA ranks to choose from"),
     Dimension("max_length", CHOICE, choices=(64, 128, 256), type=int, minimum=8,
@@ -195,7 +211,7 @@ DIMENSIONS: tuple[Dimension, ...] = (
 )
 DEFAULT_SEARCHED: tuple[str, ...] = ("lr", "lora_rank", "max_length", "batch_size")
 BY_NAME = {d.name: d for d in DIMENSIONS}
-SETTING_KEYS = {key: d.name for d in DIMENSIONS for key in d.keys}
+SETTING_KEYS = {key: d.name for d in DIMENSIONS for key in d.all_keys}
 """Every study key of the table, to the dimension that owns it."""
 
 
@@ -218,9 +234,15 @@ def space_section(section: Any, where: str) -> dict[str, Any]:
                             f"{', '.join(BY_NAME)})")
         spec = {"choices": spec} if isinstance(spec, list) else spec or {}
         fields = ("choices",) if dim.kind == CHOICE else ("low", "high")
+        if dim.kind != CHOICE and dim.key and isinstance(spec, dict) and "choices" in spec:
+            fields, keys = ("choices",), (dim.key,)  # a float dimension given as choices
+        else:
+            keys = dim.keys
         if not isinstance(spec, dict) or set(spec) - set(fields):
-            raise UserError(f"{where}: space: {name} ({dim.kind}) takes {' and '.join(fields)}")
-        values |= {key: spec[f] for key, f in zip(dim.keys, fields, strict=True) if f in spec}
+            takes = ("low and high, or choices" if dim.kind != CHOICE and dim.key
+                     else " and ".join(fields))
+            raise UserError(f"{where}: space: {name} ({dim.kind}) takes {takes}")
+        values |= {key: spec[f] for key, f in zip(keys, fields, strict=True) if f in spec}
     return values
 
 

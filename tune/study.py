@@ -16,7 +16,15 @@ from typing import Any, Literal
 from trainable.config import OBJECTIVE, TrialConfig, replace_checked
 from trainable.errors import UserError
 from tune.records import read_study_json, write_study_json
-from tune.space import DEFAULT_SEARCHED, DIMENSIONS, SETTING_KEYS, Dimension, space_from_settings
+from tune.space import (
+    BY_NAME,
+    CHOICE,
+    DEFAULT_SEARCHED,
+    DIMENSIONS,
+    SETTING_KEYS,
+    Dimension,
+    space_from_settings,
+)
 
 # What a study may rank trials on while it runs (StudyConfig.search_metric), and the
 # direction of each: metrics every trial logs for its validation split.
@@ -181,8 +189,16 @@ class StudyConfig:
         return tuple(self.dimension(name) for name in self.searched)
 
     def replace(self, **changes: Any) -> StudyConfig:
-        """A copy with some fields (or dimension keys such as `lr_min`) changed, validated again."""
-        return StudyConfig.from_dict(self.to_dict() | changes)
+        """A copy with some fields (or dimension keys such as `lr_min`) changed, validated again.
+        Choices for a float dimension (`lrs`) replace its range and a bound replaces its
+        choices; both at once is an error."""
+        current = self.to_dict()
+        for key in changes:
+            dim = BY_NAME.get(SETTING_KEYS.get(key, ""))
+            if dim is not None and dim.key and dim.kind != CHOICE:
+                for other in dim.keys if key == dim.key else (dim.key,):
+                    current.pop(other, None)
+        return StudyConfig.from_dict(current | changes)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict: the fields, with the space as its dimensions' study keys."""

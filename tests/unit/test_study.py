@@ -30,6 +30,10 @@ def test_defaults_are_valid_and_sized_to_the_budget():
         ({"lr_min": 1e-3, "lr_max": 1e-3}, "empty or reversed"),
         ({"lr_min": 0.0}, "positive"),
         ({"lr_min": -1.0}, "positive"),
+        ({"lrs": (1e-3,), "lr_min": 1e-4}, "leave out lr_min and lr_max"),
+        ({"lrs": (1e-3, 0.0)}, "lrs: every choice must be positive"),
+        ({"lrs": (1e-3, "fast")}, "lrs: 'fast' is not a number"),
+        ({"lrs": ()}, "lrs must be a non-empty list"),
         ({"lora_ranks": ()}, "lora_ranks"),
         ({"lora_ranks": (8, 0)}, "lora_ranks"),
         ({"lora_ranks": (8, 8)}, "twice"),
@@ -256,7 +260,8 @@ def test_config_file_space_section_sets_ranges_and_what_is_searched(tmp_path):
 
 @pytest.mark.parametrize("section, culprit", [
     ({"dropout": [0.1]}, "unknown dimension 'dropout'"),
-    ({"lr": {"choices": [1e-3]}}, "lr \\(log_float\\) takes low and high"),
+    ({"lr": {"low": 1e-4, "choices": [1e-3]}}, "lr \\(log_float\\) takes low and high, or choices"),
+    ({"lora_dropout": {"choices": [0.1]}}, "lora_dropout \\(float\\) takes low and high$"),
     ({"lora_rank": {"low": 1, "high": 8}}, "lora_rank \\(choice\\) takes choices"),
     ([], "must map dimension names"),
 ])
@@ -269,6 +274,25 @@ def test_the_space_round_trips_through_the_study_dict():
     study = StudyConfig().replace(lr_min=2e-4, lora_ranks=[4, 8], searched=["lr", "lora_rank"])
     assert StudyConfig.from_dict(study.to_dict()) == study
     assert study.to_dict()["lora_ranks"] == [4, 8] and study.to_dict()["lr_min"] == 2e-4
+
+
+def test_lr_may_be_a_list_of_choices_from_a_flag_a_space_file_or_a_study_dict(tmp_path):
+    """A grid of learning rates (`--lrs`, or a list under `lr:` in a space file) instead of
+    the log-uniform range; it survives study.json and the MLflow params (the study dict)."""
+    study, _, _ = parse_args(["--lrs", "1e-4", "3e-4", "1e-3"])
+    lr = study.dimension("lr")
+    assert lr.kind == "choice" and lr.choices == (1e-4, 3e-4, 1e-3)
+    assert search_space(study)["lr"].categories == [1e-4, 3e-4, 1e-3]
+    assert StudyConfig.from_dict(study.to_dict()) == study
+    assert study.to_dict()["lrs"] == [1e-4, 3e-4, 1e-3] and "lr_min" not in study.to_dict()
+    assert study.replace(num_trials=3).dimension("lr") == lr
+    # A range given later replaces the choices, and the choices a range.
+    assert study.replace(lr_min=2e-4).dimension("lr").low == 2e-4
+    assert StudyConfig().replace(lrs=[1e-3]).dimension("lr").choices == (1e-3,)
+    path = tmp_path / "grid.yaml"
+    path.write_text("space:\n  lr: [1e-4, 1e-3]\n  lora_rank: [8]\n", encoding="utf-8")
+    study, _, _ = parse_args(["--config", str(path)])
+    assert study.dimension("lr").choices == (1e-4, 1e-3) and study.searched == ("lr", "lora_rank")
 
 
 def test_the_shipped_space_file_is_the_default_space():
