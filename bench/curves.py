@@ -300,6 +300,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "unfair_tos")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--model", default=None,
+                   help="the Hugging Face encoder to record (default: the trial config's)")
     p.add_argument("--lrs", type=float, nargs="+", default=list(GRID["lr"]))
     p.add_argument("--lora-ranks", type=int, nargs="+", default=list(GRID["lora_rank"]))
     p.add_argument("--max-lengths", type=int, nargs="+", default=list(GRID["max_length"]))
@@ -337,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_meta = prepare_data(args.data_dir, args.train_samples, args.seeds[0], data_dir)
     base = TrialConfig(data=str(data_dir), epochs=args.epochs, threads=args.threads,
                        eval_test=False)
+    if args.model:
+        base = base.replace(model=args.model)
     meta = {"grid": {k: list(v) for k, v in grid.items()}, "epochs": args.epochs,
             "seeds": list(args.seeds), "seed_share": args.seed_share,
             "runs": [run_key(c, s) for c, s in runs],

@@ -570,20 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     only = parse_only(args.only)
     curves = build_curves(*load_curves(args.curves), only=only)
-    out = args.out or Path("runs") / "replay" / (args.curves.resolve().name + "".join(
-        f"-{k}{'+'.join(map(str, v))}" for k, v in only.items()) + ".jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
     budget = args.trials * curves.epochs
-    done = _read_outcomes(out)
-    todo = [(m, s) for m in args.methods for s in range(1, args.seeds + 1)
-            if (m, s) not in {(o.method, o.seed) for o in done}]
-    log.info("%d configurations x %d epochs; baseline budget %d trial-epochs (%d trials); "
-             "%d studies to replay, %d done", len(curves.configs), curves.epochs, budget,
-             args.trials, len(todo), len(done))
-    if todo:
-        _replay_all(args, curves, todo, budget, out, only)
-    outcomes = _read_outcomes(out)
-    outcomes = [o for o in outcomes if o.method in args.methods and o.seed <= args.seeds]
+    outcomes = replayed(args.curves, curves, args.methods, args.seeds, args.trials,
+                        args.max_concurrent, only, args.out)
     # Seed noise needs both training seeds, also when the replays use one.
     full = curves if "seed" not in only else build_curves(
         *load_curves(args.curves), only={k: v for k, v in only.items() if k != "seed"})
@@ -594,8 +583,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _replay_all(args: argparse.Namespace, curves: Curves, todo: list[tuple[str, int]],
-                budget: int, out: Path, only: dict[str, tuple[Any, ...]]) -> None:
+def outcomes_path(curves_dir: Path, only: dict[str, tuple[Any, ...]]) -> Path:
+    """Where the outcomes of a recording's replays are kept: runs/replay/<folder>[-<only>].jsonl."""
+    return Path("runs") / "replay" / (curves_dir.resolve().name + "".join(
+        f"-{k}{'+'.join(map(str, v))}" for k, v in only.items()) + ".jsonl")
+
+
+def replayed(curves_dir: Path, curves: Curves, methods: Sequence[str], seeds: int, trials: int,
+             max_concurrent: int, only: dict[str, tuple[Any, ...]],
+             out: Path | None = None) -> list[Outcome]:
+    """The outcomes of `methods` x search seeds 1..`seeds`, replaying only the studies not in
+    `out` yet (default `outcomes_path`); `trials` is the baseline's."""
+    out = out or outcomes_path(curves_dir, only)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    budget = trials * curves.epochs
+    done = {(o.method, o.seed) for o in _read_outcomes(out)}
+    todo = [(m, s) for m in methods for s in range(1, seeds + 1) if (m, s) not in done]
+    log.info("%d configurations x %d epochs; baseline budget %d trial-epochs (%d trials); "
+             "%d studies to replay, %d done", len(curves.configs), curves.epochs, budget,
+             trials, len(todo), len(done))
+    if todo:
+        _replay_all(curves_dir, curves, todo, trials, max_concurrent, out, only)
+    return [o for o in _read_outcomes(out) if o.method in methods and o.seed <= seeds]
+
+
+def _replay_all(curves_dir: Path, curves: Curves, todo: list[tuple[str, int]], trials: int,
+                max_concurrent: int, out: Path, only: dict[str, tuple[Any, ...]]) -> None:
     import os
 
     import ray
@@ -620,11 +633,11 @@ def _replay_all(args: argparse.Namespace, curves: Curves, todo: list[tuple[str, 
     try:
         for i, (name, seed) in enumerate(todo):
             method = METHODS[name]
-            events, seconds = replay_study(args.curves, curves, method, seed,
-                                           trials_for(method, args.trials, curves.epochs),
-                                           storage, args.max_concurrent, only=only)
-            outcome = judge(name, seed, events, curves, budget, realization=seed,
-                            seconds=seconds)
+            events, seconds = replay_study(curves_dir, curves, method, seed,
+                                           trials_for(method, trials, curves.epochs),
+                                           storage, max_concurrent, only=only)
+            outcome = judge(name, seed, events, curves, trials * curves.epochs,
+                            realization=seed, seconds=seconds)
             with out.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({**asdict(outcome), "events": events}) + "\n")
             elapsed = time.time() - started

@@ -1,0 +1,289 @@
+"""Confirm the replayed studies on real trials: `python -m bench.confirm`.
+
+    python -m bench.confirm --data-dir ../shared/data/unfair_tos
+
+Two real studies through the driver (`tune.driver.run_study`: the trainable's real trials
+under Ray Tune, mirrored into MLflow, experiment `bench-confirm`), one after the other, on
+the recording's data (the same stratified train subsample, `bench.curves.prepare_data`)
+and with its grid as the search space (`bench.replay.grid_space`):
+
+    defaults  the study's own defaults (Optuna + ASHA ranked on val/ap), --default-trials
+    random    random search without early stopping, --trials trials (the replay's baseline)
+
+Each study's reports, in the order the driver received them, are judged as a replayed
+study's are (`bench.replay.judge`: the champion the analysis would pick after each
+trial-epoch, its test F1 looked up in the recording) and placed in the distribution of the
+same method replayed over many search seeds (`bench.replay.replayed`, reusing outcomes
+already replayed). Each champion is also evaluated for real on the test split
+(`analysis.evaluate.evaluate`, with the TF-IDF baseline beside it), and every live epoch's
+val/f1 and val/ap are set against the recording's for that configuration and epoch: how
+faithful the replay is to real trials.
+
+A finished study's outcome is kept in runs/confirm/<study>.json and not run again; a study
+interrupted half way is started over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.curves import FIELDS, load_curves, prepare_data
+from bench.replay import (
+    BASELINE,
+    FINAL,
+    METHODS,
+    TOLERANCE,
+    Curves,
+    Outcome,
+    build_curves,
+    grid_space,
+    judge,
+    replayed,
+    trials_for,
+)
+
+log = logging.getLogger("bench.confirm")
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULTS = "optuna+asha ap"  # the replayed method that is the study's defaults (checked)
+EXPERIMENT = "bench-confirm"
+
+
+@dataclass
+class Live:
+    """One real study, judged like a replayed one."""
+
+    method: str
+    study: str
+    outcome: dict[str, Any]
+    """`bench.replay.Outcome` of its events, as a dict."""
+    events: list[tuple[str, int, int]]
+    seconds: float
+    champion: dict[str, Any]
+    """The champion's trial, configuration, best epoch, val/f1, its test F1 looked up in the
+    recording and measured for real, and the TF-IDF baseline's test F1."""
+    fidelity: dict[str, float] = field(default_factory=dict)
+    """Mean and largest |live - recorded| of val/f1 and val/ap over the live epochs."""
+
+
+def grid_study(space: tuple[Any, ...], **settings: Any) -> Any:
+    """A study over the grid's space. Without a search or scheduler in `settings`, the one
+    the user gets without options: then it fails if the replayed DEFAULTS method is not that
+    study any more (the confirmation would confirm another)."""
+    from tune.study import StudyConfig
+
+    study = StudyConfig(searched=FIELDS, space=space, **settings)
+    if {"search", "scheduler"} & set(settings):
+        return study
+    method = METHODS[DEFAULTS]
+    same = {"search": study.search == method.search,
+            "scheduler": study.scheduler == method.scheduler,
+            "search_metric": study.search_metric == method.signal,
+            "grace_period": study.grace_period == method.grace_period,
+            "reduction_factor": study.reduction_factor == method.reduction_factor,
+            "startup_trials": study.startup_trials == method.startup_trials}
+    if not all(same.values()):
+        raise SystemExit(f"bench.confirm: the study's defaults differ from the replayed method "
+                         f"{DEFAULTS!r} in {', '.join(k for k, v in same.items() if not v)}")
+    return study
+
+
+def live_events(records: Sequence[Any], curves: Curves) -> list[tuple[str, int, int]]:
+    """(trial id, epoch, grid index) of every report, in the order reported."""
+    from tune.records import report_time
+
+    timed = [(report_time(r) or 0.0, rec.trial_id, int(r["epoch"]), curves.index(rec.sampled))
+             for rec in records for r in rec.results if "epoch" in r]
+    return [(trial, epoch, config) for _, trial, epoch, config in sorted(timed)]
+
+
+def fidelity(records: Sequence[Any], curves: Curves, seed: int) -> dict[str, float]:
+    """How far each live epoch's val/f1 and val/ap are from the recording's."""
+    gaps: dict[str, list[float]] = {"val/f1": [], "val/ap": []}
+    for rec in records:
+        config = curves.index(rec.sampled)
+        for r in rec.results:
+            row = curves.table.loc[(config, seed, int(r["epoch"]))]
+            for name, found in gaps.items():
+                if isinstance(r.get(name), (int, float)):
+                    found.append(abs(float(r[name]) - float(row[name])))
+    out: dict[str, float] = {"epochs": float(len(gaps["val/f1"]))}
+    for name, found in gaps.items():
+        out[f"{name} mean"] = float(np.mean(found)) if found else math.nan
+        out[f"{name} max"] = float(np.max(found)) if found else math.nan
+    return out
+
+
+def run_live(method: str, study: Any, base: Any, curves: Curves, seed: int, budget: int,
+             out: Path) -> Live:
+    """Run one real study (started over if a earlier run left it half done) and judge it."""
+    from analysis.evaluate import evaluate
+    from tune.driver import run_study
+
+    shutil.rmtree(study.experiment_path, ignore_errors=True)
+    started = time.time()
+    summary = run_study(study, base)
+    seconds = time.time() - started
+    if summary.best is None or summary.best.best is None or not summary.best_adapter:
+        raise SystemExit(f"bench.confirm: study {study.name} ended without a champion")
+    events = live_events(summary.records, curves)
+    outcome = judge(method, study.search_seed, events, curves, budget, realization=0,
+                    seconds=seconds)
+    epoch, value = summary.best.best
+    config = curves.index(summary.best.sampled)
+    evaluation, _, _ = evaluate(Path(summary.best_adapter), data=None)
+    champion = {"trial_id": summary.best.trial_id, "config": curves.configs[config],
+                "epoch": epoch, "val/f1": value,
+                "test/f1 recorded": float(curves.table.loc[(config, seed, epoch), FINAL]),
+                "test/f1 measured": evaluation.metrics["test"]["f1"],
+                "tfidf test/f1": evaluation.metrics["baseline_test"]["f1"]}
+    live = Live(method=method, study=study.name, outcome=asdict(outcome), events=events,
+                seconds=round(seconds, 1), champion=champion,
+                fidelity=fidelity(summary.records, curves, seed))
+    (out / f"{study.name}.json").write_text(json.dumps(asdict(live), indent=1))
+    return live
+
+
+def placement(value: float, others: Sequence[float]) -> str:
+    """Where `value` (lower is better; inf: never) falls among replayed studies' values."""
+    arr = np.asarray(others, dtype=float)
+    better = float(np.mean(arr < value))
+    tied = float(np.mean(arr == value))
+    return f"{better:.0%} of replays did better, {tied:.0%} the same"
+
+
+def report(lives: Sequence[Live], replays: Sequence[Outcome], curves: Curves,
+           budget: int) -> str:
+    """The confirmation pair side by side, each placed among its method's replays."""
+    grid_best = float(curves.champion_test(0).max())
+    lines = [f"grid: {len(curves.configs)} configurations x {curves.epochs} epochs; best test "
+             f"F1 of a configuration's champion {grid_best:.4f}; target: within {TOLERANCE}; "
+             f"baseline budget {budget} trial-epochs", "",
+             "| | " + " | ".join(f"{live.method} (live)" for live in lives) + " |",
+             "|---|" + "---:|" * len(lives)]
+
+    def row(name: str, cells: Sequence[str]) -> None:
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    def never(value: float) -> str:
+        return "never" if not math.isfinite(value) else f"{value:.0f}"
+
+    by_method = {m: [o for o in replays if o.method == m] for m in {lv.method for lv in lives}}
+    row("trials (trial-epochs)", [f"{lv.outcome['trials']} ({lv.outcome['trial_epochs']})"
+                                  for lv in lives])
+    row("wall minutes", [f"{lv.seconds / 60:.1f}" for lv in lives])
+    row("trial-epochs to target", [never(lv.outcome["epochs_to_target"]) for lv in lives])
+    for lv in lives:
+        reps = [o.epochs_to_target for o in by_method[lv.method]]
+        finite = [v for v in reps if math.isfinite(v)]
+        q = np.percentile(finite, [25, 50, 75]) if finite else [math.nan] * 3
+        lv.outcome["placement"] = (
+            f"{len(reps)} replays: reached {len(finite) / max(len(reps), 1):.0%}, median "
+            f"{never(float(np.median(reps)))} [{never(q[0])}, {never(q[2])}]; "
+            f"{placement(lv.outcome['epochs_to_target'], reps)}")
+    row("... among replays", [lv.outcome["placement"] for lv in lives])
+    row("champion test F1 @25/50/100% of budget (recording)",
+        [" / ".join("-" if math.isnan(v) else f"{v:.3f}" for v in lv.outcome["champion_test"])
+         for lv in lives])
+    row("... replayed medians", [" / ".join(
+        f"{np.nanmedian([o.champion_test[i] for o in by_method[lv.method]]):.3f}"
+        for i in range(len(lv.outcome["champion_test"]))) for lv in lives])
+    row("champion (lr, rank, batch; epoch)", [
+        f"{lv.champion['config']['lr']:g}, {lv.champion['config']['lora_rank']}, "
+        f"{lv.champion['config']['batch_size']}; {lv.champion['epoch']}" for lv in lives])
+    row("champion val F1", [f"{lv.champion['val/f1']:.4f}" for lv in lives])
+    row("champion test F1 measured (recorded)", [
+        f"{lv.champion['test/f1 measured']:.4f} ({lv.champion['test/f1 recorded']:.4f})"
+        for lv in lives])
+    row("TF-IDF test F1", [f"{lv.champion['tfidf test/f1']:.4f}" for lv in lives])
+    row("top-5 / best configurations stopped early", [
+        f"{lv.outcome['top_killed']}/{lv.outcome['top_started']} / "
+        f"{lv.outcome['best_killed']}/{lv.outcome['best_started']}" for lv in lives])
+    row("live vs recorded val/f1: mean (max) gap", [
+        f"{lv.fidelity['val/f1 mean']:.4f} ({lv.fidelity['val/f1 max']:.4f})" for lv in lives])
+    row("live vs recorded val/ap: mean (max) gap", [
+        f"{lv.fidelity['val/ap mean']:.4f} ({lv.fidelity['val/ap max']:.4f})" for lv in lives])
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.confirm",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--curves", type=Path, default=REPO / "bench" / "curves",
+                   help="a folder written by `python -m bench.curves` (default: the committed one)")
+    p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "unfair_tos",
+                   help="the data the curves were recorded on")
+    p.add_argument("--trials", type=int, default=12,
+                   help="random search's trials: the replay's baseline (its budget: trials x "
+                        "the recorded epochs)")
+    p.add_argument("--default-trials", type=int, default=16,
+                   help="the default study's trials (ASHA stops some early)")
+    p.add_argument("--search-seed", type=int, default=1)
+    p.add_argument("--max-concurrent", type=int, default=2)
+    p.add_argument("--replay-seeds", type=int, default=50,
+                   help="search seeds of each method's replayed distribution")
+    p.add_argument("--out", type=Path, default=Path("runs") / "confirm")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from trainable.config import TrialConfig
+
+    frame, meta = load_curves(args.curves)
+    seed = int(meta["seeds"][0])  # the trials' seed, as in the recording's first seed
+    only = {"seed": (seed,)}
+    curves = build_curves(frame, meta, only=only)
+    budget = args.trials * curves.epochs
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = args.out / "data"
+    prepared = prepare_data(args.data_dir, int(meta["train_samples"]), seed, data)
+    if prepared["train_rows"] != meta["train_rows"] or prepared["labels"] != meta["labels"]:
+        raise SystemExit(f"bench.confirm: {args.data_dir} is not the data {args.curves} was "
+                         f"recorded on (other train rows or labels)")
+    base = TrialConfig.from_dict(meta["trial"]).replace(data=str(data.resolve()), seed=seed,
+                                                       epochs=curves.epochs)
+    space = grid_space(curves)
+    common = {"max_concurrent": args.max_concurrent, "cpus_per_trial": 1.0,
+              "search_seed": args.search_seed, "experiment": EXPERIMENT}
+    studies = {
+        DEFAULTS: grid_study(space, name=f"confirm-defaults-s{args.search_seed}",
+                             num_trials=args.default_trials, **common),
+        BASELINE: grid_study(space, name=f"confirm-random-s{args.search_seed}",
+                             num_trials=args.trials, search="random", scheduler="none",
+                             **common),
+    }
+    # The replayed distributions first: a few minutes, and a fresh checkout has none yet.
+    replays = replayed(args.curves, curves, list(studies), args.replay_seeds, args.trials,
+                       args.max_concurrent, only)
+    log.info("replayed: %s; ASHA's replays ran %d trials", ", ".join(
+        f"{sum(o.method == m for o in replays)} x {m}" for m in studies),
+        trials_for(METHODS[DEFAULTS], args.trials, curves.epochs))
+    lives = []
+    for method, study in studies.items():
+        kept = args.out / f"{study.name}.json"
+        if kept.is_file():
+            lives.append(Live(**json.loads(kept.read_text())))
+            log.info("%s: kept from %s", study.name, kept)
+            continue
+        log.info("%s: %d real trials, %s", study.name, study.num_trials, method)
+        lives.append(run_live(method, study, base, curves, seed, budget, args.out))
+    print(report(lives, replays, curves, budget))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
