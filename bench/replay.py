@@ -620,8 +620,11 @@ def _replay_all(curves_dir: Path, curves: Curves, todo: list[tuple[str, int]], t
     # so Tune's JSON/CSV/TensorBoard loggers are left out; Ray's idle worker processes import
     # Tune ahead, so each study's fresh trial actors start at once (about 12 s a study here
     # instead of 40).
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_preload_python_modules", "ray.tune")
+    # Both are put back afterwards: real studies run later in this process (bench.confirm)
+    # need Tune's result files.
+    settings = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_preload_python_modules": "ray.tune"}
+    before = {k: os.environ.get(k) for k in settings}
+    os.environ.update({k: v for k, v in settings.items() if before[k] is None})
     connect(StudyConfig())  # one Ray runtime for every study
     # Tune's end-of-study summary looks for the result files left out above.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
@@ -646,6 +649,9 @@ def _replay_all(curves_dir: Path, curves: Curves, todo: list[tuple[str, int]], t
                      elapsed / (i + 1) * (len(todo) - i - 1) / 60)
     finally:
         shutil.rmtree(storage, ignore_errors=True)
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
         ray.shutdown()
 
 

@@ -1,0 +1,57 @@
+"""`python -m bench.confirm` at a toy size: a real recording of the tiny BERT on the demo set
+(`bench.curves`), then the default study and random search as real trials over its grid,
+judged like replays and placed among them (about two minutes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_confirm_runs_real_studies_that_match_the_recording(warm_tiny_model_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    demo = REPO_ROOT / "trainable" / "demo"
+    curves = tmp_path / "curves"
+    record = subprocess.run(
+        [sys.executable, "-m", "bench.curves", "--model", str(warm_tiny_model_dir), "--data-dir",
+         str(demo), "--train-samples", "48", "--lrs", "1e-3", "3e-3", "--lora-ranks", "4", "8",
+         "--max-lengths", "64", "--batch-sizes", "8", "--epochs", "2", "--seeds", "42",
+         "--out", str(curves)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert record.returncode == 0, record.stderr[-3000:]
+    out = tmp_path / "confirm"
+    cmd = [sys.executable, "-m", "bench.confirm", "--curves", str(curves), "--data-dir", str(demo),
+           "--trials", "2", "--default-trials", "3", "--replay-seeds", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lives = {p.stem: json.loads(p.read_text()) for p in out.glob("confirm-*.json")}
+    assert set(lives) == {"confirm-defaults-s1", "confirm-random-s1"}
+    for name, live in lives.items():
+        outcome = live["outcome"]
+        # Every real trial's reports, in order, each from a configuration of the grid.
+        assert outcome["trial_epochs"] == len(live["events"]) > 0
+        assert all(0 <= config < 4 and 1 <= epoch <= 2 for _, epoch, config in live["events"])
+        # The live trials are the recorded ones: same data, seed and configuration give the
+        # same validation F1 at every epoch, and the champion's test F1 measured for real is
+        # the one the recording predicted for it.
+        assert live["fidelity"]["epochs"] == outcome["trial_epochs"]
+        assert live["fidelity"]["val/f1 max"] < 0.02, (name, live["fidelity"])
+        champion = live["champion"]
+        assert champion["test/f1 measured"] == pytest.approx(champion["test/f1 recorded"],
+                                                              abs=0.02)
+    assert lives["confirm-random-s1"]["outcome"]["trial_epochs"] == 4  # 2 trials x 2 epochs
+    assert "| optuna+asha ap (live) | random (live) |" in proc.stdout
+    assert "2 replays: reached" in proc.stdout
+    # A second run keeps both studies and only prints the table.
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0 and again.stderr.count("kept from") == 2, again.stderr[-2000:]
