@@ -222,9 +222,15 @@ def _probability_callback(cfg: Any, eval_batch_size: int = 64) -> Any:
             started = time.perf_counter()
             was_training = pl_module.training
             pl_module.eval()
+            # Iterating a DataLoader draws its base seed from torch's global generator: without
+            # the fork, this extra pass would shift every later dropout mask, and the recorded
+            # epochs after the first would not be the ones a real trial of the same seed trains.
+            device = pl_module.device
+            rng = torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda"
+                                        else [])
             try:
                 logits, seen = [], []
-                with torch.inference_mode(), trainer.precision_plugin.forward_context():
+                with rng, torch.inference_mode(), trainer.precision_plugin.forward_context():
                     for batch in test_loader:
                         batch = {k: v.to(pl_module.device) for k, v in batch.items()}
                         logits.append(pl_module(batch).float())
