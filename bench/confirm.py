@@ -12,7 +12,8 @@ and with its grid as the search space (`bench.replay.grid_space`):
 
 Each study's reports, in the order the driver received them, are judged as a replayed
 study's are (`bench.replay.judge`: the champion the analysis would pick after each
-trial-epoch, its test F1 looked up in the recording) and placed in the distribution of the
+trial-epoch, ranked on the val/f1 the real trials reported, its test F1 looked up in the
+recording) and placed in the distribution of the
 same method replayed over many search seeds (`bench.replay.replayed`, reusing outcomes
 already replayed). Each champion is also evaluated for real on the test split
 (`analysis.evaluate.evaluate`, with the TF-IDF baseline beside it), and every live epoch's
@@ -21,8 +22,9 @@ faithful the replay is to real trials. (A recording made before `bench.curves` f
 random generator around its extra test pass drifts from real trials after the first epoch:
 that pass shifted every later dropout mask.)
 
-A finished study's outcome is kept in runs/confirm/<study>.json and not run again; a study
-interrupted half way is started over.
+A finished study's outcome is kept in runs/confirm/<study>.json; a finished study without
+one is judged from its files; neither runs again. A study interrupted half way is resumed
+(as `tune/run.py --resume` resumes one).
 """
 
 from __future__ import annotations
@@ -31,9 +33,7 @@ import argparse
 import json
 import logging
 import math
-import shutil
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +52,7 @@ from bench.replay import (
     build_curves,
     grid_space,
     judge,
+    quantile,
     replayed,
     trials_for,
 )
@@ -131,32 +132,48 @@ def fidelity(records: Sequence[Any], curves: Curves, seed: int) -> dict[str, flo
     return out
 
 
-def run_live(method: str, study: Any, base: Any, curves: Curves, seed: int, budget: int,
-             out: Path) -> Live:
-    """Run one real study (started over if a earlier run left it half done) and judge it."""
-    from analysis.evaluate import evaluate
-    from tune.driver import run_study
+def finished(study: Any, epochs: int) -> bool:
+    """Whether the study on disk ran all its trials to their end (completed or stopped)."""
+    from tune.driver import ray_records
+    from tune.records import read_study_file
 
-    shutil.rmtree(study.experiment_path, ignore_errors=True)
-    started = time.time()
-    summary = run_study(study, base)
-    seconds = time.time() - started
-    if summary.best is None or summary.best.best is None or not summary.best_adapter:
+    if read_study_file(study.experiment_path) is None:
+        return False
+    records = ray_records(study.experiment_path, max_epochs=epochs)
+    return len(records) >= study.num_trials and all(r.finished for r in records)
+
+
+def judge_live(method: str, study: Any, curves: Curves, seed: int, budget: int,
+               out: Path) -> Live:
+    """Judge a finished real study from its files: the champion after each trial-epoch as the
+    study itself ranks trials (the val/f1 its trials reported), its test F1 looked up in the
+    recording, and the final champion evaluated for real."""
+    from analysis.evaluate import evaluate
+    from tune.driver import ray_records
+    from tune.records import best_checkpoint, best_trial
+
+    records = ray_records(study.experiment_path, max_epochs=curves.epochs)
+    best = best_trial(records)
+    found = best_checkpoint(best.checkpoints) if best is not None else None
+    if best is None or best.best is None or found is None:
         raise SystemExit(f"bench.confirm: study {study.name} ended without a champion")
-    events = live_events(summary.records, curves)
+    events = live_events(records, curves)
+    scores = {(r.trial_id, e): v for r in records for e, v in r.history.items()}
+    spans = [r.span for r in records if r.span is not None]
+    seconds = max(e for _, e in spans) - min(s for s, _ in spans)
     outcome = judge(method, study.search_seed, events, curves, budget, realization=0,
-                    seconds=seconds)
-    epoch, value = summary.best.best
-    config = curves.index(summary.best.sampled)
-    evaluation, _, _ = evaluate(Path(summary.best_adapter), data=None)
-    champion = {"trial_id": summary.best.trial_id, "config": curves.configs[config],
+                    seconds=seconds, scores=scores)
+    epoch, value = best.best
+    config = curves.index(best.sampled)
+    evaluation, _, _ = evaluate(Path(found[0]), data=None)
+    champion = {"trial_id": best.trial_id, "config": curves.configs[config],
                 "epoch": epoch, "val/f1": value,
                 "test/f1 recorded": float(curves.table.loc[(config, seed, epoch), FINAL]),
                 "test/f1 measured": evaluation.metrics["test"]["f1"],
                 "tfidf test/f1": evaluation.metrics["baseline_test"]["f1"]}
     live = Live(method=method, study=study.name, outcome=asdict(outcome), events=events,
                 seconds=round(seconds, 1), champion=champion,
-                fidelity=fidelity(summary.records, curves, seed))
+                fidelity=fidelity(records, curves, seed))
     (out / f"{study.name}.json").write_text(json.dumps(asdict(live), indent=1))
     return live
 
@@ -191,15 +208,14 @@ def report(lives: Sequence[Live], replays: Sequence[Outcome], curves: Curves,
     row("wall minutes", [f"{lv.seconds / 60:.1f}" for lv in lives])
     row("trial-epochs to target", [never(lv.outcome["epochs_to_target"]) for lv in lives])
     for lv in lives:
-        reps = [o.epochs_to_target for o in by_method[lv.method]]
-        finite = [v for v in reps if math.isfinite(v)]
-        q = np.percentile(finite, [25, 50, 75]) if finite else [math.nan] * 3
+        reps = np.array([o.epochs_to_target for o in by_method[lv.method]], dtype=float)
+        q = [quantile(reps, f) for f in (0.25, 0.5, 0.75)]
         lv.outcome["placement"] = (
-            f"{len(reps)} replays: reached {len(finite) / max(len(reps), 1):.0%}, median "
-            f"{never(float(np.median(reps)))} [{never(q[0])}, {never(q[2])}]; "
+            f"{len(reps)} replays: reached {np.mean(np.isfinite(reps)):.0%}, median "
+            f"{never(q[1])} [{never(q[0])}, {never(q[2])}]; "
             f"{placement(lv.outcome['epochs_to_target'], reps)}")
     row("... among replays", [lv.outcome["placement"] for lv in lives])
-    row("champion test F1 @25/50/100% of budget (recording)",
+    row("champion test F1 @25/50/100% of budget (as recorded)",
         [" / ".join("-" if math.isnan(v) else f"{v:.3f}" for v in lv.outcome["champion_test"])
          for lv in lives])
     row("... replayed medians", [" / ".join(
@@ -250,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from trainable.config import TrialConfig
+    from tune.driver import run_study
 
     frame, meta = load_curves(args.curves)
     seed = int(meta["seeds"][0])  # the trials' seed, as in the recording's first seed
@@ -287,8 +304,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             lives.append(Live(**json.loads(kept.read_text())))
             log.info("%s: kept from %s", study.name, kept)
             continue
-        log.info("%s: %d real trials, %s", study.name, study.num_trials, method)
-        lives.append(run_live(method, study, base, curves, seed, budget, args.out))
+        if not finished(study, curves.epochs):
+            from tune.records import read_study_file
+
+            resume = read_study_file(study.experiment_path) is not None  # interrupted before
+            log.info("%s: %d real trials, %s%s", study.name, study.num_trials, method,
+                     " (resumed)" if resume else "")
+            run_study(study, base, resume=resume)
+        lives.append(judge_live(method, study, curves, seed, budget, args.out))
     print(report(lives, replays, curves, budget))
     return 0
 

@@ -228,12 +228,14 @@ class Outcome:
 
 
 def champion_curve(events: Sequence[tuple[str, int, int]], curves: Curves,
-                   realization: int) -> list[float]:
+                   realization: int, scores: dict[tuple[str, int], float] | None = None
+                   ) -> list[float]:
     """The champion's test F1 after each reported trial-epoch, in arrival order.
 
     `events`: (trial id, epoch, grid index) per report. The champion is the one best rule of
     the analysis (`tune.records.best_trial`) over every trial reported so far, running ones
-    included (their best epoch's checkpoint is on disk).
+    included (their best epoch's checkpoint is on disk), ranked on the recorded val/f1 or, for
+    real trials, on `scores`, the val/f1 each (trial id, epoch) reported.
     """
     from tune.records import COMPLETED, RUNNING, TrialRecord, best_trial
 
@@ -245,7 +247,8 @@ def champion_curve(events: Sequence[tuple[str, int, int]], curves: Curves,
         record = records.setdefault(trial_id, TrialRecord(trial_id, {}, state=RUNNING))
         configs[trial_id] = config
         record.results.append({"epoch": epoch, "val/f1": float(
-            curves.table.loc[(config, seed, epoch), "val/f1"])})
+            curves.table.loc[(config, seed, epoch), "val/f1"] if scores is None
+            else scores[(trial_id, epoch)])})
         if epoch >= curves.epochs:
             record.state = COMPLETED
         best = best_trial(records.values(), finished_only=False)
@@ -257,14 +260,16 @@ def champion_curve(events: Sequence[tuple[str, int, int]], curves: Curves,
 
 
 def judge(method: str, seed: int, events: Sequence[tuple[str, int, int]], curves: Curves,
-          budget: int, realization: int, seconds: float = 0.0) -> Outcome:
-    """An Outcome from a study's events (see `champion_curve`) and the baseline's budget."""
+          budget: int, realization: int, seconds: float = 0.0,
+          scores: dict[tuple[str, int], float] | None = None) -> Outcome:
+    """An Outcome from a study's events (see `champion_curve`, `scores` included) and the
+    baseline's budget."""
     grid = curves.champion_test(realization)
     grid_best = float(grid.max())
     # The grid's top configurations by what each gives as a champion when run to the end.
     top = set(np.argsort(-grid, kind="stable")[:TOP].tolist())
     best = int(np.argmax(grid))
-    champion = champion_curve(events, curves, realization)
+    champion = champion_curve(events, curves, realization, scores)
     exhaustive = replay_exhaustive(curves, realization)
 
     def first(target: float) -> float:
@@ -304,12 +309,12 @@ def summarize(outcomes: Sequence[Outcome], baseline: str) -> pd.DataFrame:
                "distinct": float(np.median([o.distinct for o in items]))}
         for name in ("to_target", "to_exhaustive"):
             steps = np.array([getattr(o, f"epochs_{name}") for o in items])
-            base_median = _quantile(np.array([getattr(o, f"epochs_{name}") for o in base]), 0.5)
+            base_median = quantile(np.array([getattr(o, f"epochs_{name}") for o in base]), 0.5)
             row |= {f"{name}_reached": float(np.mean(np.isfinite(steps))),
-                    f"{name}_q1": _quantile(steps, 0.25), name: _quantile(steps, 0.5),
-                    f"{name}_q3": _quantile(steps, 0.75),
+                    f"{name}_q1": quantile(steps, 0.25), name: quantile(steps, 0.5),
+                    f"{name}_q3": quantile(steps, 0.75),
                     # Undefined when the baseline's median study never reached the target.
-                    f"{name}_ratio": (_quantile(steps, 0.5) / base_median
+                    f"{name}_ratio": (quantile(steps, 0.5) / base_median
                                       if math.isfinite(base_median) else float("nan"))}
         for i, fraction in enumerate(BUDGET_FRACTIONS):
             values = np.array([o.champion_test[i] for o in items], dtype=float)
@@ -324,7 +329,7 @@ def summarize(outcomes: Sequence[Outcome], baseline: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _quantile(values: np.ndarray, q: float) -> float:
+def quantile(values: np.ndarray, q: float) -> float:
     """A quantile where never (inf) counts as later than any finite value: a quantile that
     falls on or next to a never is never."""
     if len(values) == 0:
