@@ -135,7 +135,7 @@ def fidelity(records: Sequence[Any], curves: Curves, seed: int) -> dict[str, flo
 def finished(study: Any, epochs: int) -> bool:
     """Whether the study on disk ran all its trials to their end (completed or stopped)."""
     from tune.driver import ray_records
-    from tune.records import read_study_file
+    from tune.study import read_study_file
 
     if read_study_file(study.experiment_path) is None:
         return False
@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("%s: kept from %s", study.name, kept)
             continue
         if not finished(study, curves.epochs):
-            from tune.records import read_study_file
+            from tune.study import read_study_file
 
             resume = read_study_file(study.experiment_path) is not None  # interrupted before
             log.info("%s: %d real trials, %s%s", study.name, study.num_trials, method,
