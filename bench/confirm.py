@@ -54,7 +54,6 @@ from bench.replay import (
     judge,
     quantile,
     replayed,
-    trials_for,
 )
 
 log = logging.getLogger("bench.confirm")
@@ -292,11 +291,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                              **common),
     }
     # The replayed distributions first: a few minutes, and a fresh checkout has none yet.
+    # Each method replayed with the trials its real study runs.
     replays = replayed(args.curves, curves, list(studies), args.replay_seeds, args.trials,
-                       args.max_concurrent, only)
-    log.info("replayed: %s; ASHA's replays ran %d trials", ", ".join(
-        f"{sum(o.method == m for o in replays)} x {m}" for m in studies),
-        trials_for(METHODS[DEFAULTS], args.trials, curves.epochs))
+                       args.max_concurrent, only,
+                       method_trials={m: s.num_trials for m, s in studies.items()})
+    log.info("replayed: %s", ", ".join(
+        f"{sum(o.method == m for o in replays)} x {m} ({s.num_trials} trials)"
+        for m, s in studies.items()))
     lives = []
     for method, study in studies.items():
         kept = args.out / f"{study.name}.json"

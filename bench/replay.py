@@ -595,25 +595,32 @@ def outcomes_path(curves_dir: Path, only: dict[str, tuple[Any, ...]]) -> Path:
 
 
 def replayed(curves_dir: Path, curves: Curves, methods: Sequence[str], seeds: int, trials: int,
-             max_concurrent: int, only: dict[str, tuple[Any, ...]],
-             out: Path | None = None) -> list[Outcome]:
+             max_concurrent: int, only: dict[str, tuple[Any, ...]], out: Path | None = None,
+             method_trials: dict[str, int] | None = None) -> list[Outcome]:
     """The outcomes of `methods` x search seeds 1..`seeds`, replaying only the studies not in
-    `out` yet (default `outcomes_path`); `trials` is the baseline's."""
+    `out` yet (default `outcomes_path`); `trials` is the baseline's. Each method runs
+    `trials_for` trials, or those `method_trials` gives it (a real study's own count): a
+    study is known by its method, seed and trials."""
     out = out or outcomes_path(curves_dir, only)
     out.parent.mkdir(parents=True, exist_ok=True)
     budget = trials * curves.epochs
-    done = {(o.method, o.seed) for o in _read_outcomes(out)}
-    todo = [(m, s) for m in methods for s in range(1, seeds + 1) if (m, s) not in done]
+    counts = {m: (method_trials or {}).get(m) or trials_for(METHODS[m], trials, curves.epochs)
+              for m in methods}
+    done = {(o.method, o.seed, o.trials) for o in _read_outcomes(out)}
+    todo = [(m, s) for m in methods for s in range(1, seeds + 1)
+            if (m, s, counts[m]) not in done]
     log.info("%d configurations x %d epochs; baseline budget %d trial-epochs (%d trials); "
              "%d studies to replay, %d done", len(curves.configs), curves.epochs, budget,
              trials, len(todo), len(done))
     if todo:
-        _replay_all(curves_dir, curves, todo, trials, max_concurrent, out, only)
-    return [o for o in _read_outcomes(out) if o.method in methods and o.seed <= seeds]
+        _replay_all(curves_dir, curves, todo, counts, trials, max_concurrent, out, only)
+    return [o for o in _read_outcomes(out)
+            if o.method in methods and o.seed <= seeds and o.trials == counts[o.method]]
 
 
-def _replay_all(curves_dir: Path, curves: Curves, todo: list[tuple[str, int]], trials: int,
-                max_concurrent: int, out: Path, only: dict[str, tuple[Any, ...]]) -> None:
+def _replay_all(curves_dir: Path, curves: Curves, todo: list[tuple[str, int]],
+                counts: dict[str, int], trials: int, max_concurrent: int, out: Path,
+                only: dict[str, tuple[Any, ...]]) -> None:
     import os
 
     import ray
@@ -641,8 +648,7 @@ def _replay_all(curves_dir: Path, curves: Curves, todo: list[tuple[str, int]], t
     try:
         for i, (name, seed) in enumerate(todo):
             method = METHODS[name]
-            events, seconds = replay_study(curves_dir, curves, method, seed,
-                                           trials_for(method, trials, curves.epochs),
+            events, seconds = replay_study(curves_dir, curves, method, seed, counts[name],
                                            storage, max_concurrent, only=only)
             outcome = judge(name, seed, events, curves, trials * curves.epochs,
                             realization=seed, seconds=seconds)
