@@ -132,12 +132,10 @@ def fidelity(records: Sequence[Any], curves: Curves, seed: int) -> dict[str, flo
 
 
 def finished(study: Any, epochs: int) -> bool:
-    """Whether the study on disk ran all its trials to their end (completed or stopped)."""
+    """Whether the study on disk (its study file written) ran all its trials to their end
+    (completed or stopped)."""
     from tune.driver import ray_records
-    from tune.study import read_study_file
 
-    if read_study_file(study.experiment_path) is None:
-        return False
     records = ray_records(study.experiment_path, max_epochs=epochs)
     return len(records) >= study.num_trials and all(r.finished for r in records)
 
@@ -158,7 +156,7 @@ def judge_live(method: str, study: Any, curves: Curves, seed: int, budget: int,
         raise SystemExit(f"bench.confirm: study {study.name} ended without a champion")
     events = live_events(records, curves)
     scores = {(r.trial_id, e): v for r in records for e, v in r.history.items()}
-    spans = [r.span for r in records if r.span is not None]
+    spans = [span for r in records if (span := r.span) is not None]
     seconds = max(e for _, e in spans) - min(s for s, _ in spans)
     outcome = judge(method, study.search_seed, events, curves, budget, realization=0,
                     seconds=seconds, scores=scores)
@@ -266,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from trainable.config import TrialConfig
     from tune.driver import run_study
+    from tune.study import read_study_file
 
     frame, meta = load_curves(args.curves)
     seed = int(meta["seeds"][0])  # the trials' seed, as in the recording's first seed
@@ -305,13 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             lives.append(Live(**json.loads(kept.read_text())))
             log.info("%s: kept from %s", study.name, kept)
             continue
-        if not finished(study, curves.epochs):
-            from tune.study import read_study_file
-
-            resume = read_study_file(study.experiment_path) is not None  # interrupted before
+        started = read_study_file(study.experiment_path) is not None
+        if not (started and finished(study, curves.epochs)):
             log.info("%s: %d real trials, %s%s", study.name, study.num_trials, method,
-                     " (resumed)" if resume else "")
-            run_study(study, base, resume=resume)
+                     " (resumed)" if started else "")
+            run_study(study, base, resume=started)
         lives.append(judge_live(method, study, curves, seed, budget, args.out))
     print(report(lives, replays, curves, budget))
     return 0

@@ -76,7 +76,7 @@ def _study(packing: str, base: TrialConfig, args: argparse.Namespace, cpus: int,
 
 def _mean_at_once(records: list[Any]) -> float:
     """Trials running at once on average while any ran: their summed time over the span."""
-    spans = [r.span for r in records if r.span is not None]
+    spans = [span for r in records if (span := r.span) is not None]
     if not spans:
         return 0.0
     span = max(e for _, e in spans) - min(s for s, _ in spans)

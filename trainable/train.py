@@ -361,7 +361,6 @@ def memory_limit(gigabytes: float | None) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
-
 @contextlib.contextmanager
 def out_of_memory_as_error(cfg: TrialConfig) -> Iterator[None]:
     """Turn the allocators' many out-of-memory failures into one clear TrialOutOfMemoryError."""

@@ -134,8 +134,8 @@ def measured_peak(record: Any) -> float | None:
 def overlap(records: list[Any]) -> tuple[int, float]:
     """The most trials that ran at once in a finished study, and the most measured peak RSS
     (GiB, `train/peak_rss_gib`) of trials running at once: what a node had to hold."""
-    spans = [(*record.span, measured_peak(record) or 0.0) for record in records
-             if record.span is not None]
+    spans = [(*span, measured_peak(record) or 0.0) for record in records
+             if (span := record.span) is not None]
     most, held = 0, 0.0
     for start, _, _ in spans:  # the load peaks when some trial starts
         running = [s for s in spans if s[0] <= start < s[1]]

@@ -38,7 +38,7 @@ def sync(study: StudyConfig) -> tuple[int, str]:
                            mlflow_uri=study.mlflow_uri or saved.mlflow_uri)
     check_tracking_uri(target.tracking_uri)
     records = ray_records(target.experiment_path, max_epochs=base.epochs)
-    spans = [r.span for r in records if r.span is not None]
+    spans = [span for r in records if (span := r.span) is not None]
     starts = [int(start * 1000) for start, _ in spans]
     ends = [int(end * 1000) for _, end in spans]
     make_store_folder(target.tracking_uri)
