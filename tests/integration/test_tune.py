@@ -168,6 +168,8 @@ def _main(argv, capsys):
 
 @pytest.mark.parametrize("flags, culprit", [
     (["--lr-min", "1e-3", "--lr-max", "1e-4"], "lr_min"),
+    (["--lrs", "1e-3", "--lr-min", "1e-4"], "lrs lists lr's choices"),
+    (["--lrs", "0", "1e-3"], "lrs: every choice must be positive"),
     (["--lora-ranks", "8", "0"], "lora_ranks"),
     (["--max-lengths", "64", "100000"], "max_lengths"),
     (["--batch-sizes", "0"], "batch_sizes"),
