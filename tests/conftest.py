@@ -175,6 +175,23 @@ def warm_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_recording(warm_tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real `bench.curves` recording of the tiny BERT on the demo set: 4 configurations
+    (lr 1e-3 and 3e-3 x rank 4 and 8, max_length 64, batch 8), 3 epochs, seed 42, two runs
+    at once."""
+    curves = tmp_path_factory.mktemp("tiny-recording") / "curves"
+    record = subprocess.run(
+        [sys.executable, "-m", "bench.curves", "--model", str(warm_tiny_model_dir), "--data-dir",
+         str(REPO_ROOT / "trainable" / "demo"), "--train-samples", "48", "--lrs", "1e-3", "3e-3",
+         "--lora-ranks", "4", "8", "--max-lengths", "64", "--batch-sizes", "8", "--epochs", "3",
+         "--seeds", "42", "--parallel", "2", "--out", str(curves)],
+        cwd=curves.parent, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True,
+        text=True, timeout=600)
+    assert record.returncode == 0, record.stderr[-3000:]
+    return curves
+
+
+@pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """The real UNFAIR-ToS files: $UNFAIR_TOS_DIR or ../shared/data/unfair_tos."""
     folder = Path(os.environ.get("UNFAIR_TOS_DIR") or REPO_ROOT.parent / "shared" / "data"

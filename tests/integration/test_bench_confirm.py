@@ -1,5 +1,5 @@
 """`python -m bench.confirm` at a toy size: a real recording of the tiny BERT on the demo set
-(`bench.curves`), then the default study and random search as real trials over its grid,
+(`bench.curves`, the `tiny_recording` fixture), then the default study and random search as real trials over its grid,
 judged like replays and placed among them (about two minutes)."""
 
 from __future__ import annotations
@@ -16,17 +16,10 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.integration
 
 
-def test_confirm_runs_real_studies_that_match_the_recording(warm_tiny_model_dir, tmp_path):
+def test_confirm_runs_real_studies_that_match_the_recording(tiny_recording, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     demo = REPO_ROOT / "trainable" / "demo"
-    curves = tmp_path / "curves"
-    record = subprocess.run(
-        [sys.executable, "-m", "bench.curves", "--model", str(warm_tiny_model_dir), "--data-dir",
-         str(demo), "--train-samples", "48", "--lrs", "1e-3", "3e-3", "--lora-ranks", "4", "8",
-         "--max-lengths", "64", "--batch-sizes", "8", "--epochs", "3", "--seeds", "42",
-         "--out", str(curves)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert record.returncode == 0, record.stderr[-3000:]
+    curves = tiny_recording
     out = tmp_path / "confirm"
     cmd = [sys.executable, "-m", "bench.confirm", "--curves", str(curves), "--data-dir", str(demo),
            "--trials", "2", "--default-trials", "3", "--replay-seeds", "2", "--out", str(out)]
