@@ -27,10 +27,12 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from analysis.bootstrap import DEFAULT_THRESHOLD
+from analysis.ensemble import DEFAULT_MEMBERS, evaluate_ensemble
 from analysis.evaluate import Evaluation, check_export, evaluate, write_plots
 from analysis.register import CHAMPION, DEFAULT_MODEL_NAME, log_and_register, write_export
 from analysis.select import choose, compare_top, fetch_checkpoint
@@ -54,7 +56,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
                    help="Ray results folder, if not where the study recorded it")
     p.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
                    help=f"MLflow registered model name (default: {DEFAULT_MODEL_NAME})")
-    return p.parse_args(argv)
+    p.add_argument("--ensemble", type=int, default=DEFAULT_MEMBERS, metavar="K",
+                   help=f"also evaluate the mean of the top K trials' adapters beside the "
+                        f"champion (default: {DEFAULT_MEMBERS}; 1: do not)")
+    args = p.parse_args(argv)
+    if args.ensemble < 1:
+        p.error(f"--ensemble: must be at least 1 (got {args.ensemble})")
+    return args
 
 
 def run(args: Any) -> tuple[Study, Evaluation, str, str, Path]:
@@ -74,6 +82,13 @@ def run(args: Any) -> tuple[Study, Evaluation, str, str, Path]:
         evaluation.study, evaluation.trial_id, evaluation.epoch = study.name, trial.trial_id, epoch
         evaluation.logged_value, evaluation.checkpoint_source = value, source
         evaluation.top_trials = top.to_dict()
+        if args.ensemble > 1:
+            champion = {"trial_id": trial.trial_id, "epoch": epoch, "value": value,
+                        "source": source, "probs": curves["probs"], "labels": curves["labels"]}
+            ensemble = evaluate_ensemble(study, args.ensemble, champion, evaluation.data, tmp_path,
+                                         tracking_uri, trusted=evaluation.threshold_rule.get(
+                                             "trusted", True))
+            evaluation.ensemble = asdict(ensemble) if ensemble else {}
         plots_dir = tmp_path / "plots"
         plots_dir.mkdir()
         plots = write_plots(evaluation, curves, plots_dir)
@@ -116,6 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             (f"model @ {ev.tuned_threshold:.4f} (F1-opt. on val)", m["test_tuned"])]
     if ev.threshold not in (DEFAULT_THRESHOLD, ev.tuned_threshold):
         rows.append((f"model @ {ev.threshold:.4f} (used)", m["test_chosen"]))
+    if ev.ensemble:
+        size = len(ev.ensemble["members"])
+        rows.append((f"ensemble of top {size} @ 0.5", ev.ensemble["metrics"]["test"]))
+        if ev.ensemble["threshold"] != DEFAULT_THRESHOLD:
+            rows.append((f"ensemble @ {ev.ensemble['threshold']:.4f} (rule)",
+                         ev.ensemble["metrics"]["test_chosen"]))
     rows.append((f"TF-IDF + LinearSVC (C={ev.baseline_C:g})", m["baseline_test"]))
     for name, r in rows:
         print(f"  {name:34s} {r['f1']:6.4f} {r['precision']:6.4f} {r['recall']:6.4f} "

@@ -183,6 +183,9 @@ class Evaluation:
     (bootstrap over the test clauses, `analysis.bootstrap`)."""
     top_trials: dict[str, Any] = field(default_factory=dict)
     """The study's top trials' objective with intervals (`analysis.select.TopTrials`)."""
+    ensemble: dict[str, Any] = field(default_factory=dict)
+    """The top trials' mean, measured beside the champion (`analysis.ensemble.Ensemble`, as
+    a dict); empty when not asked for or fewer than two trials could be scored."""
     baseline_C: float = 1.0
     data: str = ""
     sizes: dict[str, int] = field(default_factory=dict)
@@ -232,6 +235,10 @@ class Evaluation:
             lines.append(f"test ({self.sizes.get('test', '?')} clauses) at threshold "
                          f"{self.threshold:.4f}: {shown} ({CONFIDENCE:.0%} intervals, "
                          f"{RESAMPLES} resamples of the test clauses)")
+        if self.ensemble:
+            from analysis.ensemble import Ensemble, describe
+
+            lines.extend(describe(Ensemble(**self.ensemble)))
         return lines
 
 

@@ -46,6 +46,15 @@ def log_and_register(client: Any, study: Study, evaluation: Evaluation, plots: l
             flat |= {f"{prefix}/{k}": float(v) for k, v in values.items()}
         for name, iv in evaluation.test_intervals.items():  # test_chosen/f1_low, ..._high
             flat |= {f"test_chosen/{name}_low": iv["low"], f"test_chosen/{name}_high": iv["high"]}
+        if evaluation.ensemble:  # ensemble/test/f1, ensemble/test_chosen/f1_low, ...
+            ensemble = evaluation.ensemble
+            flat |= {"ensemble/threshold": ensemble["threshold"],
+                     "ensemble/members": len(ensemble["members"])}
+            for split, values in ensemble["metrics"].items():
+                flat |= {f"ensemble/{split}/{k}": float(v) for k, v in values.items()}
+            for name, iv in ensemble["test_intervals"].items():
+                flat |= {f"ensemble/test_chosen/{name}_low": iv["low"],
+                         f"ensemble/test_chosen/{name}_high": iv["high"]}
         mlflow.log_metrics({k: v for k, v in flat.items() if v == v})  # drop NaN
         for path in plots:
             mlflow.log_artifact(str(path), "evaluation")

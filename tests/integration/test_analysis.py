@@ -237,6 +237,52 @@ def test_the_registered_model_and_the_export_say_how_sure_the_choice_is(best):
     assert saved["evidence"]["moved"] == (saved["threshold"] != 0.5)
 
 
+def test_best_measures_the_mean_of_the_top_three_trials_beside_the_champion(best, tmp_path):
+    """The ensemble's members are the three best trials (the champion first), and its logged
+    test counts are those of the mean P(unfair) of their adapters, scored here afresh."""
+    import mlflow
+    import numpy as np
+
+    from analysis.evaluate import binary_metrics
+    from trainable.data import load_splits
+    from trainable.inference import load_trained, predict_proba
+
+    client, run = best["client"], best["run"]
+    evaluation = json.loads((best["export"] / "evaluation.json").read_text())
+    members = evaluation["ensemble"]["members"]
+    histories = best["histories"]
+    assert [m["trial_id"] for m in members][0] == run.data.tags["trial_id"]
+    assert len({m["trial_id"] for m in members}) == len(members) == 3
+    left_out = [max(h.values()) for t, h in histories.items()
+                if t not in {m["trial_id"] for m in members}]
+    for m in members:
+        assert histories[m["trial_id"]][m["epoch"]] == max(histories[m["trial_id"]].values())
+        assert all(m["value"] >= v for v in left_out)
+    test_probs = []
+    for i, m in enumerate(members):
+        if m["source"].startswith("Ray checkpoint "):
+            folder = Path(m["source"].removeprefix("Ray checkpoint "))
+        else:
+            run_id = m["source"].split()[2]
+            folder = Path(mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="adapter", dst_path=str(tmp_path / str(i)),
+                tracking_uri=client.tracking_uri))
+        model, tokenizer, cfg = load_trained(folder)
+        test = load_splits(cfg.replace(data=evaluation["data"], max_eval_samples=None),
+                           with_test=True).test
+        test_probs.append(predict_proba(model, tokenizer, test["text"].tolist(), cfg.max_length))
+    counts = binary_metrics(test["label"], np.mean(test_probs, axis=0), 0.5)
+    logged = run.data.metrics
+    for key in ("tp", "fp", "fn", "tn"):
+        assert logged[f"ensemble/test/{key}"] == counts[key], key
+    assert logged["ensemble/members"] == 3
+    assert (logged["ensemble/test_chosen/f1_low"] <= logged["ensemble/test_chosen/f1"]
+            <= logged["ensemble/test_chosen/f1_high"])
+    assert "ensemble of top 3 @ 0.5" in best["proc"].stdout
+    description = client.get_model_version_by_alias(MODEL_NAME, "champion").description
+    assert "ensemble of the top 3 trials" in description
+
+
 # The pyfunc's predict has no type hints on purpose (it takes lists and DataFrames alike).
 @pytest.mark.filterwarnings("ignore:.*Add type hints:UserWarning")  # message is colour-coded
 def test_champion_is_registered_and_loads_and_predicts(best, tiny_study):
