@@ -58,11 +58,13 @@ def run_config(base: dict[str, Any], config: dict[str, Any], folds: int, epochs:
     """Train one configuration cross-validated; its folds' histories and its shipped
     adapter's test F1 at 0.5. Runs in a worker process."""
     from analysis.evaluate import binary_metrics
+    from trainable.cli import configure_logging
     from trainable.config import TrialConfig
     from trainable.data import load_splits
     from trainable.inference import load_trained, predict_proba
     from trainable.train import train
 
+    configure_logging(verbose=False)  # the libraries' start-up chatter off, as in bench.curves
     with tempfile.TemporaryDirectory(prefix="bench-cv-") as work:
         cfg = TrialConfig.from_dict(base).replace(
             **config, seed=SEED, cv_folds=folds, epochs=epochs, data=data_dir,

@@ -3,7 +3,7 @@
 Commands are read from the two files (fenced blocks and inline code), not copied here:
 - every `python` command's entry point starts (`--help`) and knows each flag the command
   passes; the study and trial commands' values also pass the configs' own validation;
-- the README's "A real study" chain and the BENCHMARKS quality chain run end to end in a
+- the README's "A real study" chain and the BENCHMARKS quality chains run end to end in a
   scratch checkout (the repository's folders linked into a new folder, `../shared` beside
   it): each study command as written plus flags that shrink it to a tiny model and one
   epoch (later flags win), every analysis command exactly as written;
@@ -169,17 +169,19 @@ def test_the_readme_real_study_chain_runs_as_written(checkout, tiny_model_dir):
     assert re.search(r"brightnote-terms\.txt: \d+ of \d+ clauses potentially unfair", out), out
 
 
-def test_the_benchmarks_quality_chain_runs_as_written_on_a_fresh_checkout(checkout,
-                                                                           tiny_model_dir):
-    """Its sqlite store lives in runs/quality/, which a fresh checkout does not have."""
-    study, best = _block("BENCHMARKS.md", "python tune/run.py --data-dir ../shared/data/"
-                                          "unfair_tos --name quality")[:2]
-    assert "runs/quality/mlflow.db" in study and "analysis.best" in best
+@pytest.mark.parametrize(("first", "store"), [
+    ("python tune/run.py --data-dir ../shared/data/unfair_tos --name quality", "quality"),
+    ("python tune/run.py --config tune/spaces/cpu-quality.yaml", "cpu-quality")])
+def test_the_benchmarks_quality_chains_run_as_written_on_a_fresh_checkout(first, store, checkout,
+                                                                          tiny_model_dir):
+    """Their sqlite stores live in runs/<study>/, which a fresh checkout does not have."""
+    study, best = _block("BENCHMARKS.md", first)[:2]
+    assert f"runs/{store}/mlflow.db" in study and "analysis.best" in best
     assert not (checkout / "runs").exists()
     run_as_written(study, checkout, ["--model", str(tiny_model_dir), *SHRINK])
-    assert (checkout / "runs" / "quality" / "mlflow.db").is_file()
+    assert (checkout / "runs" / store / "mlflow.db").is_file()
     out = run_as_written(best, checkout).stdout
-    assert "test split" in out and (checkout / "runs" / "quality" / "champion").is_dir()
+    assert "test split" in out and (checkout / "runs" / store / "champion").is_dir()
 
 
 @pytest.mark.parametrize("cmd", ["python -m tune.sync --name NAME",
