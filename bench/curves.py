@@ -17,10 +17,10 @@ dropout and batch order but not the clauses. Validation and test are the full sp
 
 One parquet file per run (configuration x seed) under `OUT/runs/`, written when the run
 ends; a restarted recording skips the runs already there. Each run trains in a fresh worker
-process, `--parallel` of them at once (one run at a time took 2.9 hours here for the
-committed 15 runs; two at once, one per core, is what the 2-core machine is sized for). `OUT/meta.json` holds the grid,
-the subsample's rows, the labels of the validation and test clauses, the seeds and the
-command.
+process, `--parallel` of them at once (one at a time took 2.9 hours here for the committed
+15 runs; two at once, one per core, is what a 2-core machine is sized for). `OUT/meta.json`
+holds the grid, the subsample's rows, the labels of the validation and test clauses, the
+seeds and the command.
 """
 
 from __future__ import annotations

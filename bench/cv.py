@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -207,10 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               flush=True)
         # spawn: each worker starts torch afresh, with the recording's one thread
         with ProcessPoolExecutor(args.parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {run_key(c, SEED): pool.submit(run_config, meta["trial"], c, args.folds,
-                                                     args.epochs, str(data_dir)) for c in todo}
-            for key, future in futures.items():
-                result = future.result()
+            futures = {pool.submit(run_config, meta["trial"], c, args.folds, args.epochs,
+                                   str(data_dir)): run_key(c, SEED) for c in todo}
+            for future in as_completed(futures):  # each kept as soon as it ends
+                key, result = futures[future], future.result()
                 tmp = path[key].with_suffix(".tmp")
                 tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
                 os.replace(tmp, path[key])
