@@ -235,6 +235,14 @@ def _checked(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray
     return y, s
 
 
+def format_intervals(intervals: dict[str, dict[str, float]]) -> str:
+    """Metrics with their intervals (`{name: {value, low, high}}`) in one line:
+    `F1 0.700 [0.642, 0.753], precision ...`."""
+    names = {"f1": "F1", "macro_f1": "macro-F1"}
+    return ", ".join(f"{names.get(name, name)} {iv['value']:.3f} [{iv['low']:.3f}, "
+                     f"{iv['high']:.3f}]" for name, iv in intervals.items())
+
+
 def format_share(share: float) -> str:
     """A share of resamples as a percentage (`<1%` rather than a misleading 0%)."""
     if math.isnan(share):

@@ -42,24 +42,6 @@ class Ensemble:
     """Top trials left out, and why."""
 
 
-def score_adapter(adapter_dir: Path, data: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(P(unfair), labels) of one adapter folder on the whole validation and test splits."""
-    from trainable.data import load_splits
-    from trainable.inference import inference_precision, load_trained, predict_proba
-    from trainable.train import release_memory
-
-    model, tokenizer, cfg = load_trained(adapter_dir)
-    splits = load_splits(cfg.replace(data=data, max_eval_samples=None), with_test=True)
-    precision = inference_precision(cfg, next(model.parameters()).device.type)
-    frames = {"val": splits.validation, "test": splits.test}
-    probs = {name: predict_proba(model, tokenizer, frame["text"].tolist(), cfg.max_length,
-                                 batch_size=max(32, cfg.batch_size), precision=precision)
-             for name, frame in frames.items()}
-    del model
-    release_memory()
-    return probs, {name: frame["label"].to_numpy() for name, frame in frames.items()}
-
-
 def combine(labels: dict[str, np.ndarray], member_probs: list[dict[str, np.ndarray]],
             trusted: bool = True) -> Ensemble:
     """The mean of the members' P(unfair), scored like the champion: metrics at 0.5, the
@@ -88,7 +70,9 @@ def evaluate_ensemble(study: Any, size: int, champion: dict[str, Any], data: str
     `champion`: trial_id, epoch, value, source, and its `probs` and `labels` by split. None
     when fewer than two of the top trials have a checkpoint to score.
     """
+    from analysis.evaluate import score_adapter
     from analysis.select import fetch_checkpoint
+    from trainable.train import release_memory
     from tune.records import ranked_trials
 
     members = [{k: champion[k] for k in ("trial_id", "epoch", "value", "source")}]
@@ -102,16 +86,18 @@ def evaluate_ensemble(study: Any, size: int, champion: dict[str, Any], data: str
             folder, epoch, source = fetch_checkpoint(study, trial, sorted(trial.best_epochs),
                                                      tmp / f"ensemble-{trial.trial_id}",
                                                      tracking_uri)
-            scored, labels = score_adapter(folder, data)
+            scored = score_adapter(folder, data)
         except UserError as e:
             notes.append(f"trial {trial.trial_id}: {e}")
             continue
-        if any(not np.array_equal(labels[s], champion["labels"][s]) for s in labels):
+        finally:
+            release_memory()  # the member's model, before the next one loads
+        if any(not np.array_equal(scored.labels[s], champion["labels"][s]) for s in scored.labels):
             notes.append(f"trial {trial.trial_id}: scored other clauses than the champion")
             continue
         members.append({"trial_id": trial.trial_id, "epoch": epoch, "value": trial.best[1],
                         "source": source})
-        probs.append(scored)
+        probs.append(scored.probs)
     if len(members) < 2:
         return None
     ensemble = combine(champion["labels"], probs, trusted=trusted)
@@ -121,9 +107,9 @@ def evaluate_ensemble(study: Any, size: int, champion: dict[str, Any], data: str
 
 def describe(ensemble: Ensemble) -> list[str]:
     """The ensemble in lines, for the console and the registered model's description."""
-    names = {"f1": "F1", "macro_f1": "macro-F1"}
-    shown = ", ".join(f"{names.get(name, name)} {iv['value']:.3f} [{iv['low']:.3f}, "
-                      f"{iv['high']:.3f}]" for name, iv in ensemble.test_intervals.items())
+    from analysis.bootstrap import format_intervals
+
+    shown = format_intervals(ensemble.test_intervals)
     who = ", ".join(f"{m['trial_id']} epoch {m['epoch']}" for m in ensemble.members)
     return [f"ensemble of the top {len(ensemble.members)} trials (mean P(unfair) of {who}; "
             f"measured, not exported): {OBJECTIVE.metric} {ensemble.metrics['val']['f1']:.4f}; "

@@ -200,7 +200,7 @@ class Evaluation:
         """How sure the choice is, in lines: the top trials' validation intervals, the
         threshold and why, and the test metrics at it with intervals (printed by
         `analysis.best` and written into the registered model's description)."""
-        from analysis.bootstrap import CONFIDENCE, RESAMPLES, format_share
+        from analysis.bootstrap import CONFIDENCE, RESAMPLES, format_intervals, format_share
 
         lines = []
         top = self.top_trials
@@ -228,10 +228,7 @@ class Evaluation:
                          f"{rule['required']:.0%} required; F1-optimal on all of validation: "
                          f"{self.tuned_threshold:.4f})")
         if self.test_intervals:
-            names = {"f1": "F1", "macro_f1": "macro-F1"}
-            shown = ", ".join(f"{names.get(name, name)} {iv['value']:.3f} "
-                              f"[{iv['low']:.3f}, {iv['high']:.3f}]"
-                              for name, iv in self.test_intervals.items())
+            shown = format_intervals(self.test_intervals)
             lines.append(f"test ({self.sizes.get('test', '?')} clauses) at threshold "
                          f"{self.threshold:.4f}: {shown} ({CONFIDENCE:.0%} intervals, "
                          f"{RESAMPLES} resamples of the test clauses)")
@@ -252,23 +249,9 @@ def evaluate(adapter_dir: Path, data: str | None) -> tuple[Evaluation, Any, Any]
     """
     from analysis.bootstrap import DEFAULT_THRESHOLD, choose_threshold, metric_intervals
     from analysis.evaluate import binary_metrics, f1_optimal_threshold, tfidf_baseline
-    from trainable.cli import progress_bar
-    from trainable.data import load_splits
-    from trainable.inference import inference_precision, load_trained, predict_proba
 
-    model, tokenizer, cfg = load_trained(adapter_dir)
-    data_cfg = cfg.replace(data=data or cfg.data, max_eval_samples=None)
-    splits = load_splits(data_cfg, with_test=True)
-    device = next(model.parameters()).device.type
-    precision = inference_precision(cfg, device)
-    scored = (("val", splits.validation), ("test", splits.test))
-    with progress_bar(sum(len(frame) for _, frame in scored), "evaluating on validation and test",
-                      "clause") as bar:
-        probs = {name: predict_proba(model, tokenizer, frame["text"].tolist(), cfg.max_length,
-                                     batch_size=max(32, cfg.batch_size), precision=precision,
-                                     progress=bar.update)
-                 for name, frame in scored}
-    labels = {"val": splits.validation["label"].to_numpy(), "test": splits.test["label"].to_numpy()}
+    scored = score_adapter(adapter_dir, data, "evaluating on validation and test")
+    probs, labels, splits, cfg = scored.probs, scored.labels, scored.splits, scored.cfg
     tuned, tuned_f1 = f1_optimal_threshold(labels["val"], probs["val"])
     # A cross-validated adapter trained on most validation clauses: no tuning on them.
     choice = choose_threshold(labels["val"], probs["val"], trusted=not cfg.cv_folds)
@@ -288,12 +271,46 @@ def evaluate(adapter_dir: Path, data: str | None) -> tuple[Evaluation, Any, Any]
                             threshold_rule=choice.to_dict(),
                             test_intervals={m: {"value": iv.value, "low": iv.low, "high": iv.high}
                                             for m, iv in intervals.items()},
-                            metrics=metrics, baseline_C=baseline.C, data=data_cfg.data,
+                            metrics=metrics, baseline_C=baseline.C, data=data or cfg.data,
                             sizes={"train": len(splits.train), "validation": len(splits.validation),
                                    "test": len(splits.test)})
     curves = {"labels": labels, "probs": probs, "baseline_test": baseline.test_scores,
               "val_texts": splits.validation["text"].tolist()}
-    return evaluation, tokenizer, curves
+    return evaluation, scored.tokenizer, curves
+
+
+@dataclass
+class Scored:
+    """An adapter's P(unfair) and the labels of the whole validation and test splits (`val`,
+    `test`), with the splits, tokenizer and trial config they came from."""
+
+    probs: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    splits: Any
+    tokenizer: Any
+    cfg: Any
+
+
+def score_adapter(adapter_dir: Path, data: str | None, progress: str | None = None) -> Scored:
+    """Load an adapter folder and score the whole validation and test splits of `data` (the
+    data it trained on when None); `progress`: the text of a bar shown on a terminal."""
+    from trainable.cli import progress_bar
+    from trainable.data import load_splits
+    from trainable.inference import inference_precision, load_trained, predict_proba
+
+    model, tokenizer, cfg = load_trained(adapter_dir)
+    splits = load_splits(cfg.replace(data=data or cfg.data, max_eval_samples=None),
+                         with_test=True)
+    precision = inference_precision(cfg, next(model.parameters()).device.type)
+    frames = {"val": splits.validation, "test": splits.test}
+    with progress_bar(sum(len(f) for f in frames.values()), progress or "", "clause",
+                      quiet=progress is None) as bar:
+        probs = {name: predict_proba(model, tokenizer, frame["text"].tolist(), cfg.max_length,
+                                     batch_size=max(32, cfg.batch_size), precision=precision,
+                                     progress=bar.update)
+                 for name, frame in frames.items()}
+    return Scored(probs=probs, labels={n: f["label"].to_numpy() for n, f in frames.items()},
+                  splits=splits, tokenizer=tokenizer, cfg=cfg)
 
 
 def write_plots(evaluation: Evaluation, curves: dict[str, Any], out_dir: Path) -> list[Path]:

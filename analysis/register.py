@@ -41,20 +41,12 @@ def log_and_register(client: Any, study: Study, evaluation: Evaluation, plots: l
         flat = {"threshold": evaluation.threshold, "threshold_tuned": evaluation.tuned_threshold,
                 "threshold_support": evaluation.threshold_rule.get("support", float("nan")),
                 f"logged_{OBJECTIVE.metric}": evaluation.logged_value}
-        for split, values in evaluation.metrics.items():
-            prefix = split.replace("baseline_", "baseline/")  # baseline/test/f1, test_tuned/f1
-            flat |= {f"{prefix}/{k}": float(v) for k, v in values.items()}
-        for name, iv in evaluation.test_intervals.items():  # test_chosen/f1_low, ..._high
-            flat |= {f"test_chosen/{name}_low": iv["low"], f"test_chosen/{name}_high": iv["high"]}
+        flat |= _flat(evaluation.metrics, evaluation.test_intervals)
         if evaluation.ensemble:  # ensemble/test/f1, ensemble/test_chosen/f1_low, ...
             ensemble = evaluation.ensemble
             flat |= {"ensemble/threshold": ensemble["threshold"],
                      "ensemble/members": len(ensemble["members"])}
-            for split, values in ensemble["metrics"].items():
-                flat |= {f"ensemble/{split}/{k}": float(v) for k, v in values.items()}
-            for name, iv in ensemble["test_intervals"].items():
-                flat |= {f"ensemble/test_chosen/{name}_low": iv["low"],
-                         f"ensemble/test_chosen/{name}_high": iv["high"]}
+            flat |= _flat(ensemble["metrics"], ensemble["test_intervals"], "ensemble/")
         mlflow.log_metrics({k: v for k, v in flat.items() if v == v})  # drop NaN
         for path in plots:
             mlflow.log_artifact(str(path), "evaluation")
@@ -71,6 +63,20 @@ def log_and_register(client: Any, study: Study, evaluation: Evaluation, plots: l
         client.update_registered_model(model_name, description=text)
         mlflow.set_tags({"registered_model": model_name, "model_version": version.version})
         return run.info.run_id, str(version.version)
+
+
+def _flat(metrics: dict[str, dict[str, float]], intervals: dict[str, dict[str, float]],
+          prefix: str = "") -> dict[str, float]:
+    """MLflow metric names of split metrics and test intervals: test/f1, baseline/test/f1,
+    test_tuned/f1, test_chosen/f1_low and _high, each after `prefix`."""
+    flat = {}
+    for split, values in metrics.items():
+        name = prefix + split.replace("baseline_", "baseline/")
+        flat |= {f"{name}/{k}": float(v) for k, v in values.items()}
+    for name, iv in intervals.items():
+        flat |= {f"{prefix}test_chosen/{name}_low": iv["low"],
+                 f"{prefix}test_chosen/{name}_high": iv["high"]}
+    return flat
 
 
 def description(study: Study, evaluation: Evaluation) -> str:

@@ -176,7 +176,7 @@ class Mirror:
     def apply(self, record: TrialRecord) -> str:
         """Make the trial's child run match `record`; safe to repeat. Returns the run id."""
         span = record.span
-        started, ended = (None, None) if span is None else (_ms(span[0]), _ms(span[1]))
+        started, ended = (None, None) if span is None else (milliseconds(span[0]), milliseconds(span[1]))
         run_id = self._child_run(record.trial_id, start_time=started)
         run = self.client.get_run(run_id)
         if not run.data.params:
@@ -196,7 +196,7 @@ class Mirror:
             if epoch in logged or score is None:
                 continue
             values[BEST_METRIC] = best
-            stamp = _ms(report_time(result) or time.time())
+            stamp = milliseconds(report_time(result) or time.time())
             metrics += _metrics(values, step=epoch, timestamp=stamp)
             logged.add(epoch)
         for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per batch
@@ -282,7 +282,7 @@ class Mirror:
             self.client.log_batch(run_id, params=items[i:i + 90])
 
 
-def _ms(seconds: float) -> int:
+def milliseconds(seconds: float) -> int:
     """MLflow's times: whole milliseconds since the epoch."""
     return int(seconds * 1000)
 
@@ -295,7 +295,7 @@ def _param_value(value: Any) -> str:
 def _metrics(values: dict[str, float], step: int, timestamp: int | None = None) -> list[Any]:
     from mlflow.entities import Metric
 
-    stamp = timestamp if timestamp is not None else int(time.time() * 1000)
+    stamp = timestamp if timestamp is not None else milliseconds(time.time())
     return [Metric(k, float(v), stamp, step) for k, v in sorted(values.items(), key=_metric_order)]
 
 

@@ -25,7 +25,7 @@ def sync(study: StudyConfig) -> tuple[int, str]:
     """
     from trainable.cli import progress_bar
     from tune.driver import ray_records
-    from tune.mirror import Mirror
+    from tune.mirror import Mirror, milliseconds
     from tune.preflight import make_store_folder
     from tune.records import COMPLETED, FAILED, RUNNING, STOPPED, check_tracking_uri
     from tune.study import read_study_file
@@ -39,8 +39,8 @@ def sync(study: StudyConfig) -> tuple[int, str]:
     check_tracking_uri(target.tracking_uri)
     records = ray_records(target.experiment_path, max_epochs=base.epochs)
     spans = [span for r in records if (span := r.span) is not None]
-    starts = [int(start * 1000) for start, _ in spans]
-    ends = [int(end * 1000) for _, end in spans]
+    starts = [milliseconds(start) for start, _ in spans]
+    ends = [milliseconds(end) for _, end in spans]
     make_store_folder(target.tracking_uri)
     mirror = Mirror(target, base)
     parent = mirror.start(resume=True, start_time=min(starts, default=None))
