@@ -114,8 +114,8 @@ def live_events(records: Sequence[Any], curves: Curves) -> list[tuple[str, int, 
 def fidelity(records: Sequence[Any], curves: Curves, seed: int) -> dict[str, float]:
     """How far each live epoch's training loss, val/f1 and val/ap are from the recording's.
     The same training gives the same train/loss to the last digit; val/ap is recomputed from
-    the stored probabilities (`bench.replay.average_precision`), which orders tied scores
-    otherwise than the trial's torchmetrics."""
+    the stored probabilities (`bench.replay.average_precision`, tied scores counted as the
+    trial's torchmetrics counts them)."""
     gaps: dict[str, list[float]] = {"train/loss": [], "val/f1": [], "val/ap": []}
     for rec in records:
         config = curves.index(rec.sampled)

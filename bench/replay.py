@@ -70,13 +70,12 @@ def f1_score(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> float:
 
 
 def average_precision(y: np.ndarray, p: np.ndarray) -> float:
-    """Average precision (area under the precision-recall steps), ties in score order."""
-    order = np.argsort(-p, kind="stable")
-    hits = (y[order] == 1).astype(float)
-    if hits.sum() == 0:
-        return 0.0
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float(np.sum(precision * hits) / hits.sum())
+    """Average precision as the trial logs it (torchmetrics' BinaryAveragePrecision): one
+    precision-recall step per distinct score, so tied clauses count together; 0 without any
+    unfair clause (sklearn warns and returns NaN or 0 there)."""
+    from sklearn.metrics import average_precision_score
+
+    return 0.0 if not np.any(y == 1) else float(average_precision_score(y == 1, p))
 
 
 def soft_f1(y: np.ndarray, p: np.ndarray) -> float:

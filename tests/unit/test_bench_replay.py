@@ -33,6 +33,20 @@ def test_scores_match_hand_computed_values() -> None:
     assert replay.f1_score(y, np.zeros(5)) == 0.0
 
 
+def test_average_precision_counts_tied_scores_as_the_trial_logs_them() -> None:
+    """The replay recomputes val/ap from stored probabilities; the trial logged it with
+    torchmetrics. Tied probabilities (common in float16-rounded outputs) must not reorder."""
+    import torch
+    from torchmetrics.classification import BinaryAveragePrecision
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(200) < 0.15).astype(int)
+    p = np.round(rng.random(200) * 0.6 + 0.2 * y, 1)  # few distinct values: many ties
+    logged = BinaryAveragePrecision()(torch.tensor(p), torch.tensor(y)).item()
+    assert replay.average_precision(y, p) == pytest.approx(logged, abs=1e-6)
+    assert replay.average_precision(np.zeros(4, dtype=int), np.ones(4)) == 0.0
+
+
 def test_table_holds_every_configuration_with_its_recorded_seeds(table: replay.Curves) -> None:
     assert len(table.configs) == 8 and table.epochs == 3
     assert table.seeds[0] == (42, 43) and table.seeds[5] == (42,)
