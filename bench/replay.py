@@ -542,8 +542,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-concurrent", type=int, default=2)
     p.add_argument("--out", type=Path, default=None,
                    help="a JSON-lines file of per-study outcomes and their events (default: "
-                        "runs/replay/<CURVES folder name>.jsonl); studies already in it are not "
-                        "run again")
+                        "runs/replay/<CURVES folder name>-<digest of its runs>.jsonl); studies "
+                        "already in it are not run again")
     p.add_argument("--plot", type=Path, default=None, help="write a plot here (png)")
     p.add_argument("--only", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="replay the sub-grid with just these values (a partial recording's "
@@ -588,9 +588,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def outcomes_path(curves_dir: Path, only: dict[str, tuple[Any, ...]]) -> Path:
-    """Where the outcomes of a recording's replays are kept: runs/replay/<folder>[-<only>].jsonl."""
-    return Path("runs") / "replay" / (curves_dir.resolve().name + "".join(
-        f"-{k}{'+'.join(map(str, v))}" for k, v in only.items()) + ".jsonl")
+    """Where the outcomes of a recording's replays are kept:
+    runs/replay/<folder>-<digest>[-<only>].jsonl. The digest is of the recorded runs' bytes,
+    so outcomes replayed over one recording are never read back for another made into the
+    same folder (a re-recording, a resumed one with more runs)."""
+    import hashlib
+
+    from bench.curves import RUNS_DIR
+
+    digest = hashlib.sha256()
+    for f in sorted((curves_dir / RUNS_DIR).glob("*.parquet")):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return Path("runs") / "replay" / (
+        f"{curves_dir.resolve().name}-{digest.hexdigest()[:10]}" + "".join(
+            f"-{k}{'+'.join(map(str, v))}" for k, v in only.items()) + ".jsonl")
 
 
 def replayed(curves_dir: Path, curves: Curves, methods: Sequence[str], seeds: int, trials: int,

@@ -178,3 +178,13 @@ def test_methods_include_the_baseline_and_noise_aware_variants() -> None:
     assert {m.signal for m in replay.METHODS.values()} >= {"val/f1", "val/loss", "val/ap"}
     assert replay.trials_for(replay.METHODS["random"], 12, 4) == 12
     assert replay.trials_for(replay.METHODS["optuna+asha"], 12, 4) > 12
+
+
+def test_replayed_outcomes_are_kept_per_recording_not_per_folder(tmp_path) -> None:
+    """Outcomes replayed over one recording are never read back for another recorded into
+    the same folder (a re-recording, or a resumed one with more runs)."""
+    first = replay.outcomes_path(write_recording(tmp_path / "curves", rng_seed=0), {})
+    assert first == replay.outcomes_path(tmp_path / "curves", {})  # same runs, same file
+    again = replay.outcomes_path(write_recording(tmp_path / "curves", rng_seed=1), {})
+    assert again != first and again.name.startswith("curves-")
+    assert replay.outcomes_path(tmp_path / "curves", {"seed": (42,)}).name.endswith("-seed42.jsonl")
