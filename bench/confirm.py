@@ -17,8 +17,8 @@ recording) and placed in the distribution of the
 same method replayed over many search seeds (`bench.replay.replayed`, reusing outcomes
 already replayed). Each champion is also evaluated for real on the test split
 (`analysis.evaluate.evaluate`, with the TF-IDF baseline beside it), and every live epoch's
-val/f1 and val/ap are set against the recording's for that configuration and epoch: how
-faithful the replay is to real trials. (A recording made before `bench.curves` forked the
+val/f1, val/ap and val/soft_f1 are set against the recording's for that configuration and
+epoch: how faithful the replay is to real trials. (A recording made before `bench.curves` forked the
 random generator around its extra test pass drifts from real trials after the first epoch:
 that pass shifted every later dropout mask.)
 
@@ -77,7 +77,8 @@ class Live:
     """The champion's trial, configuration, best epoch, val/f1, its test F1 looked up in the
     recording and measured for real, and the TF-IDF baseline's test F1."""
     fidelity: dict[str, float] = field(default_factory=dict)
-    """Mean and largest |live - recorded| of train/loss, val/f1 and val/ap over its epochs."""
+    """Mean and largest |live - recorded| of train/loss, val/f1, val/ap and val/soft_f1 over
+    its epochs."""
 
 
 def grid_study(space: tuple[Any, ...], **settings: Any) -> Any:
@@ -112,11 +113,12 @@ def live_events(records: Sequence[Any], curves: Curves) -> list[tuple[str, int, 
 
 
 def fidelity(records: Sequence[Any], curves: Curves, seed: int) -> dict[str, float]:
-    """How far each live epoch's training loss, val/f1 and val/ap are from the recording's.
-    The same training gives the same train/loss to the last digit; val/ap is recomputed from
-    the stored probabilities (`bench.replay.average_precision`, tied scores counted as the
-    trial's torchmetrics counts them)."""
-    gaps: dict[str, list[float]] = {"train/loss": [], "val/f1": [], "val/ap": []}
+    """How far each live epoch's training loss, val/f1, val/ap and val/soft_f1 are from the
+    recording's. The same training gives the same train/loss to the last digit; val/ap and
+    val/soft_f1 are recomputed from the stored probabilities (`bench.replay`), so they also
+    check that the replay's rung signals are the ones a real trial logs."""
+    gaps: dict[str, list[float]] = {"train/loss": [], "val/f1": [], "val/ap": [],
+                                    "val/soft_f1": []}
     for rec in records:
         config = curves.index(rec.sampled)
         for r in rec.results:

