@@ -18,9 +18,9 @@ same method replayed over many search seeds (`bench.replay.replayed`, reusing ou
 already replayed). Each champion is also evaluated for real on the test split
 (`analysis.evaluate.evaluate`, with the TF-IDF baseline beside it), and every live epoch's
 val/f1, val/ap and val/soft_f1 are set against the recording's for that configuration and
-epoch: how faithful the replay is to real trials. (A recording made before `bench.curves` forked the
-random generator around its extra test pass drifts from real trials after the first epoch:
-that pass shifted every later dropout mask.)
+epoch: how faithful the replay is to real trials. (A recording made before `bench.curves`
+forked the random generator around its extra test pass drifts from real trials after the
+first epoch: that pass shifted every later dropout mask.)
 
 A finished study's outcome is kept in runs/confirm/<study>.json; a finished study without
 one is judged from its files; neither runs again. A study interrupted half way is resumed
