@@ -428,24 +428,26 @@ def test_a_validation_split_without_unfair_clauses_fails_before_any_trial(
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_search_metric_val_ap_drives_optuna_while_the_objective_picks_the_champion(
-        warm_tiny_model_dir, mlflow_server, tmp_path):
+@pytest.mark.parametrize("metric", ["val/ap", "val/soft_f1"])
+def test_search_metric_drives_optuna_while_the_objective_picks_the_champion(
+        metric, warm_tiny_model_dir, mlflow_server, tmp_path):
     import optuna
 
     from tune.records import best_trial, read_trials
 
-    name, experiment = "by-ap", "tests-search-metric"
+    name, experiment = f"by-{metric.split('/')[1]}", "tests-search-metric"
     args = tiny_study_args(warm_tiny_model_dir, tmp_path / "runs", mlflow_server.uri, name,
-                           experiment, num_trials=4, epochs=2, search_metric="val/ap")
+                           experiment, num_trials=4, epochs=2, search_metric=metric)
     proc = run_study_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = read_trials(str(tmp_path / "runs" / name), max_epochs=2)
-    assert len(records) == 4 and all("val/ap" in r.last for r in records)
-    # Optuna was told each trial's last val/ap (where ASHA stopped it, or its last epoch).
+    assert len(records) == 4 and all(metric in r.last for r in records)
+    # Optuna was told each trial's last search metric (where ASHA stopped it, or its last
+    # epoch), not its val/f1.
     opt = optuna.load_study(study_name=name,
                             storage=f"sqlite:///{tmp_path / 'runs' / name / 'optuna.db'}")
     told = sorted(round(t.value, 6) for t in opt.trials if t.value is not None)
-    assert told == sorted(round(r.last["val/ap"], 6) for r in records)
+    assert told == sorted(round(r.last[metric], 6) for r in records)
     assert told != sorted(round(r.last["val/f1"], 6) for r in records)
     # The champion is still the best val/f1.
     _, parents, _ = study_runs(mlflow_server.uri, experiment, name)
