@@ -139,7 +139,7 @@ def finished(study: Any, epochs: int) -> bool:
     from tune.driver import ray_records
 
     records = ray_records(study.experiment_path, max_epochs=epochs)
-    return len(records) >= study.num_trials and all(r.finished for r in records)
+    return len(records) >= study.trials_to_run and all(r.finished for r in records)
 
 
 def judge_live(method: str, study: Any, curves: Curves, seed: int, budget: int,
@@ -308,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         started = read_study_file(study.experiment_path) is not None
         if not (started and finished(study, curves.epochs)):
-            log.info("%s: %d real trials, %s%s", study.name, study.num_trials, method,
+            log.info("%s: %d real trials, %s%s", study.name, study.trials_to_run, method,
                      " (resumed)" if started else "")
             run_study(study, base, resume=started)
         lives.append(judge_live(method, study, curves, seed, budget, args.out))

@@ -224,6 +224,12 @@ class Outcome:
     seconds: float = 0.0
     champion: list[float] = field(default_factory=list)
     """The champion's test F1 after each trial-epoch (see `champion_curve`)."""
+    asked: int = 0
+    """Trials the study was given (`trials` counts those that ran: fewer when the space ran
+    out of untried configurations)."""
+    spec: str = ""
+    """`Method.spec` of the method replayed: a cached outcome of a method since redefined
+    (another default, a new setting) is replayed again."""
 
 
 def champion_curve(events: Sequence[tuple[str, int, int]], curves: Curves,
@@ -260,7 +266,7 @@ def champion_curve(events: Sequence[tuple[str, int, int]], curves: Curves,
 
 def judge(method: str, seed: int, events: Sequence[tuple[str, int, int]], curves: Curves,
           budget: int, realization: int, seconds: float = 0.0,
-          scores: dict[tuple[str, int], float] | None = None) -> Outcome:
+          scores: dict[tuple[str, int], float] | None = None, spec: str = "") -> Outcome:
     """An Outcome from a study's events (see `champion_curve`, `scores` included) and the
     baseline's budget."""
     grid = curves.champion_test(realization)
@@ -291,7 +297,8 @@ def judge(method: str, seed: int, events: Sequence[tuple[str, int, int]], curves
                    top_started=sum(c in top for c in started),
                    top_killed=sum(c in top for c in killed),
                    best_started=started.count(best), best_killed=killed.count(best),
-                   seconds=round(seconds, 2), champion=[round(v, 5) for v in champion])
+                   seconds=round(seconds, 2), champion=[round(v, 5) for v in champion],
+                   spec=spec)
 
 
 def summarize(outcomes: Sequence[Outcome], baseline: str) -> pd.DataFrame:
@@ -392,6 +399,9 @@ class Method:
     grace_period: int | None = None
     reduction_factor: float = 2.0
     startup_trials: int | None = None
+    skip_repeats: bool = True
+    """Answer a configuration Optuna proposes again from its earlier trial (the study's
+    default, `tune.repeats`); False trains it again, as studies did before."""
     snap_lr: bool = False
     """Sample lr from the table's own log-uniform range and replay the nearest grid value
     (the grid's lr points are the centres of equal log bins of that range), instead of a
@@ -401,6 +411,18 @@ class Method:
     def stops_early(self) -> bool:
         return self.scheduler == "asha"
 
+    @property
+    def spec(self) -> str:
+        """A digest of every setting, with the study defaults it leaves to StudyConfig (the
+        search metric aside: a replay reports its signal under the objective's name)."""
+        import hashlib
+
+        from tune.study import StudyConfig
+
+        defaults = {k: v for k, v in StudyConfig().to_dict().items() if k != "search_metric"}
+        text = json.dumps({**asdict(self), "defaults": defaults}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
 
 BASELINE = "random"
 PLOTTED = ("random", "optuna", "random+asha", "optuna+asha", "optuna+asha ap",
@@ -409,9 +431,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("random", search="random", scheduler="none"),
     Method("random+asha", search="random"),
     Method("optuna", scheduler="none"),
+    Method("optuna repeats", scheduler="none", skip_repeats=False),
     Method("optuna+asha"),
     Method("optuna+asha loss", signal="val/loss"),
     Method("optuna+asha ap", signal="val/ap"),
+    Method("optuna+asha ap repeats", signal="val/ap", skip_repeats=False),
     Method("optuna+asha soft-f1", signal="val/soft_f1"),
     Method("optuna+asha grace 2", grace_period=2),
     Method("optuna+asha rf 3", reduction_factor=3.0),
@@ -504,6 +528,7 @@ def replay_study(curves_dir: Path, curves: Curves, method: Method, seed: int, nu
         searched=FIELDS, space=space, search=method.search, scheduler=method.scheduler,
         startup_trials=method.startup_trials, grace_period=method.grace_period,
         reduction_factor=method.reduction_factor, search_seed=seed,
+        skip_repeats=method.skip_repeats,
         storage_path=str(storage), max_failures=0,
         # The replay reports the method's signal under the objective's name, so the searcher
         # and ASHA rank on the objective's key ("optuna+asha ap" is the default study).
@@ -610,22 +635,23 @@ def replayed(curves_dir: Path, curves: Curves, methods: Sequence[str], seeds: in
     """The outcomes of `methods` x search seeds 1..`seeds`, replaying only the studies not in
     `out` yet (default `outcomes_path`); `trials` is the baseline's. Each method runs
     `trials_for` trials, or those `method_trials` gives it (a real study's own count): a
-    study is known by its method, seed and trials."""
+    study is known by its method (and its `spec`), seed and trials given."""
     out = out or outcomes_path(curves_dir, only)
     out.parent.mkdir(parents=True, exist_ok=True)
     budget = trials * curves.epochs
     counts = {m: (method_trials or {}).get(m) or trials_for(METHODS[m], trials, curves.epochs)
               for m in methods}
-    done = {(o.method, o.seed, o.trials) for o in _read_outcomes(out)}
+    specs = {m: METHODS[m].spec for m in methods}
+    done = {(o.method, o.spec, o.seed, o.asked) for o in _read_outcomes(out)}
     todo = [(m, s) for m in methods for s in range(1, seeds + 1)
-            if (m, s, counts[m]) not in done]
+            if (m, specs[m], s, counts[m]) not in done]
     log.info("%d configurations x %d epochs; baseline budget %d trial-epochs (%d trials); "
              "%d studies to replay, %d done", len(curves.configs), curves.epochs, budget,
              trials, len(todo), len(done))
     if todo:
         _replay_all(curves_dir, curves, todo, counts, trials, max_concurrent, out, only)
-    return [o for o in _read_outcomes(out)
-            if o.method in methods and o.seed <= seeds and o.trials == counts[o.method]]
+    return [o for o in _read_outcomes(out) if o.method in methods and o.seed <= seeds
+            and o.asked == counts[o.method] and o.spec == specs[o.method]]
 
 
 def _replay_all(curves_dir: Path, curves: Curves, todo: list[tuple[str, int]],
@@ -661,7 +687,8 @@ def _replay_all(curves_dir: Path, curves: Curves, todo: list[tuple[str, int]],
             events, seconds = replay_study(curves_dir, curves, method, seed, counts[name],
                                            storage, max_concurrent, only=only)
             outcome = judge(name, seed, events, curves, trials * curves.epochs,
-                            realization=seed, seconds=seconds)
+                            realization=seed, seconds=seconds, spec=method.spec)
+            outcome.asked = counts[name]
             with out.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({**asdict(outcome), "events": events}) + "\n")
             elapsed = time.time() - started

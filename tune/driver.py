@@ -91,7 +91,8 @@ def optuna_storage_url(study: StudyConfig) -> str:
 
 
 def make_searcher(study: StudyConfig) -> Any:
-    """Optuna TPE (seeded, start-up sized to the budget, sqlite storage) or random search."""
+    """Optuna TPE (seeded, start-up sized to the budget, sqlite storage, repeats answered
+    from their earlier trial unless `skip_repeats` is off) or random search."""
     if study.search == "random":
         from ray.tune.search import BasicVariantGenerator
 
@@ -104,8 +105,13 @@ def make_searcher(study: StudyConfig) -> Any:
     url = optuna_storage_url(study)
     Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     sampler = optuna.samplers.TPESampler(seed=study.search_seed, n_startup_trials=study.n_startup_trials)
-    return OptunaSearch(sampler=sampler, study_name=study.name,
-                        storage=optuna.storages.RDBStorage(url))
+    searcher = OptunaSearch(sampler=sampler, study_name=study.name,
+                            storage=optuna.storages.RDBStorage(url))
+    if not study.skip_repeats:
+        return searcher
+    from tune.repeats import SkipRepeats
+
+    return SkipRepeats(searcher, space_size=study.space_size)
 
 
 def make_scheduler(study: StudyConfig, epochs: int) -> Any:
@@ -182,9 +188,12 @@ def run_study(study: StudyConfig, base: TrialConfig, resume: bool = False,
         except OSError as e:  # storage that passed check_storage but failed (full, revoked)
             raise UserError(f"storage_path {study.storage_path}: cannot write the study file "
                             f"({first_line(e)})") from None
-        log.info("study %s: %d trials, %d at a time, %s; results in %s; MLflow parent "
-                 "run %s", study.name, study.num_trials, study.max_concurrent,
-                 described, study.experiment_path, parent_id)
+        trials = (f"{study.num_trials} trials" if study.trials_to_run == study.num_trials else
+                  f"{study.trials_to_run} trials (every configuration of the space once; "
+                  f"{study.num_trials} asked)")
+        log.info("study %s: %s, %d at a time, %s; results in %s; MLflow parent run %s",
+                 study.name, trials, study.max_concurrent, described, study.experiment_path,
+                 parent_id)
         tuner = _tuner(study, base, gpus, restore=resume and tune.Tuner.can_restore(
             study.experiment_path), trial_fn=trial_fn, resources=resources)
         interrupted = False
@@ -243,7 +252,7 @@ def _tuner(study: StudyConfig, base: TrialConfig, gpus: float, restore: bool,
                                   resume_errored=False)
     if callbacks is None:
         callbacks = [MirrorCallback(study.experiment_path),
-                     ProgressPrinter(base.epochs, study.num_trials)]
+                     ProgressPrinter(base.epochs, study.trials_to_run)]
     return tune.Tuner(
         trainable,
         param_space=search_space(study),
@@ -273,7 +282,7 @@ def _summarize(study: StudyConfig, mirror: Mirror, started: float, interrupted: 
     records = ray_records(study.experiment_path, max_epochs=mirror.base.epochs)
     best = best_trial(records)
     counts = {s: sum(r.state == s for r in records) for s in (COMPLETED, STOPPED, FAILED, RUNNING)}
-    interrupted = interrupted or counts[RUNNING] > 0 or len(records) < study.num_trials
+    interrupted = interrupted or counts[RUNNING] > 0 or len(records) < study.trials_to_run
     synced, best_run, run_ids = True, None, []
     try:
         for record in records:

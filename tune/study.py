@@ -63,6 +63,11 @@ class StudyConfig:
     (`lr_min`, `lora_ranks`, ...) or a config file's `space:` section."""
     search: Literal["optuna", "random"] = "optuna"
     """Optuna TPE, or random sampling (the baseline for benchmarks)."""
+    skip_repeats: bool = True
+    """Optuna: a configuration proposed again is answered from its earlier trial instead of
+    trained again (trials are seeded, so a repeat retrains the same curve; `tune.repeats`),
+    and the study ends early once every configuration of a space of choices was tried.
+    Random search samples independently, repeats included (the benchmarks' baseline)."""
     search_metric: Literal["val/f1", "val/ap", "val/soft_f1", "val/loss"] = "val/ap"
     """What Optuna and ASHA rank trials on while the study runs: a steadier signal from the
     same validation clauses than the objective (val/ap, the average precision of P(unfair),
@@ -121,6 +126,8 @@ class StudyConfig:
                             f"with workers_per_trial {self.workers_per_trial}")
         if self.search not in ("optuna", "random"):
             raise UserError(f"search must be optuna or random (got {self.search!r})")
+        if not isinstance(self.skip_repeats, bool):
+            raise UserError(f"skip_repeats must be true or false (got {self.skip_repeats!r})")
         if self.search_metric not in SEARCH_METRICS:
             raise UserError(f"search_metric must be one of {', '.join(SEARCH_METRICS)} (got "
                             f"{self.search_metric!r})")
@@ -144,6 +151,21 @@ class StudyConfig:
     def search_mode(self) -> str:
         """Whether a higher or lower `search_metric` is better."""
         return SEARCH_METRICS[self.search_metric]
+
+    @property
+    def space_size(self) -> int | None:
+        """How many distinct configurations the searched space holds; None if a searched
+        dimension is a range."""
+        if any(d.kind != CHOICE for d in self.searched_dimensions):
+            return None
+        return math.prod(len(d.choices) for d in self.searched_dimensions)
+
+    @property
+    def trials_to_run(self) -> int:
+        """Trials the study runs: num_trials, or every configuration of a smaller space of
+        choices when repeats are skipped."""
+        size = self.space_size if self.search == "optuna" and self.skip_repeats else None
+        return self.num_trials if size is None else min(self.num_trials, size)
 
     @property
     def n_startup_trials(self) -> int:

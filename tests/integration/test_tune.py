@@ -471,3 +471,21 @@ def test_a_cross_validated_study_reports_each_trial_s_mean_over_folds(warm_tiny_
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val/f1")] == [1, 2]
         names = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "adapter")}
         assert "adapter_model.safetensors" in names and "validation_scores.json" not in names
+
+
+def test_a_space_of_choices_trains_each_configuration_once_and_ends_complete(
+        warm_tiny_model_dir, mlflow_server, tmp_path):
+    """Four trials asked of a space of two configurations: TPE's repeats are answered from the
+    earlier trial (tune.repeats), so two trials train, and the study ends finished, not
+    interrupted."""
+    name, experiment = "two-configs", "tests-repeats"
+    args = tiny_study_args(warm_tiny_model_dir, tmp_path / "runs", mlflow_server.uri, name,
+                           experiment, num_trials=4, epochs=1, lr_min=None, lr_max=None,
+                           lrs="1e-3 1e-2", lora_ranks=4, max_lengths=32, batch_sizes=16)
+    proc = run_study_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 trials (every configuration of the space once; 4 asked)" in proc.stderr
+    assert "interrupted" not in proc.stdout + proc.stderr
+    _, parents, children = study_runs(mlflow_server.uri, experiment, name)
+    assert parents[0].info.status == "FINISHED"
+    assert sorted(float(r.data.params["lr"]) for r in children) == [1e-3, 1e-2]

@@ -53,6 +53,7 @@ def test_defaults_are_valid_and_sized_to_the_budget():
         ({"search": "grid"}, "search"),
         ({"scheduler": "pbt"}, "scheduler"),
         ({"search_metric": "val/accuracy"}, "search_metric"),
+        ({"skip_repeats": "yes"}, "skip_repeats"),
         ({"name": "../escape"}, "study name"),
         ({"name": ""}, "study name"),
         ({"searched": ("lr", "dropout")}, "searched"),
