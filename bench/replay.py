@@ -374,16 +374,28 @@ def correlations(curves: Curves, realization: int | None = 0) -> pd.DataFrame:
 
 
 def seed_noise(curves: Curves) -> dict[str, float]:
-    """Between two training seeds of the same configuration: the mean absolute difference of
-    the final test F1, the final val/f1 and the best val/f1, and the pairs compared."""
-    pairs = [(c, s) for c, s in curves.seeds.items() if len(s) > 1]
-    out: dict[str, float] = {"pairs": float(len(pairs))}
+    """Between two training seeds of the same configuration (every pair of its seeds): the
+    mean absolute difference of the final test F1 and the final val/f1; the configurations
+    with several seeds."""
+    import itertools
+
+    pairs = [(c, a, b) for c, s in curves.seeds.items() for a, b in itertools.combinations(s, 2)]
+    out: dict[str, float] = {"pairs": float(sum(len(s) > 1 for s in curves.seeds.values()))}
     for name, column, epoch in (("final test/f1", FINAL, curves.epochs),
                                 ("final val/f1", "val/f1", curves.epochs)):
-        diffs = [abs(curves.table.loc[(c, s[0], epoch), column]
-                     - curves.table.loc[(c, s[1], epoch), column]) for c, s in pairs]
+        diffs = [abs(curves.table.loc[(c, a, epoch), column]
+                     - curves.table.loc[(c, b, epoch), column]) for c, a, b in pairs]
         out[name] = float(np.mean(diffs)) if diffs else float("nan")
     return out
+
+
+def best_configurations(curves: Curves, realizations: int) -> list[tuple[int, float]]:
+    """(configuration, share of realizations 1..N in which it is the grid's best), most often
+    best first: with several seeds a configuration, which configuration is the target moves
+    with the seeds drawn."""
+    best = [int(np.argmax(curves.champion_test(r))) for r in range(1, realizations + 1)]
+    counts = pd.Series(best).value_counts()
+    return [(int(c), float(n) / realizations) for c, n in counts.items()]
 
 
 # -- methods -------------------------------------------------------------------------------------
@@ -755,16 +767,29 @@ def report(curves: Curves, outcomes: Sequence[Outcome], budget: int,
                 + " | ".join(f"{r[f'test@{f:g}']:.3f} [{r[f'test@{f:g}_q1']:.3f}, "
                              f"{r[f'test@{f:g}_q3']:.3f}]" for f in BUDGET_FRACTIONS)
                 + f" | {_p(r['top_killed'])} | {_p(r['best_killed'])} |")
-    corr = correlations(curves)
-    lines += ["", "Spearman correlation with the final test F1, over configurations (first seed):",
-              "", "| signal | " + " | ".join(corr.columns[1:]) + " |",
-              "|---|" + "---:|" * (len(corr.columns) - 1)]
-    for _, r in corr.iterrows():
-        lines.append(f"| {r['signal']} | " + " | ".join(f"{v:.2f}" for v in r.iloc[1:]) + " |")
+    several = sum(len(s) > 1 for s in curves.seeds.values())
+    for realization, title in ((0, "over configurations (first seed)"),
+                               (None, f"over every recorded run ({len(curves.table) // curves.epochs}"
+                                      f" runs)")):
+        if realization is None and not several:
+            continue
+        corr = correlations(curves, realization)
+        lines += ["", f"Spearman correlation with the final test F1, {title}:",
+                  "", "| signal | " + " | ".join(corr.columns[1:]) + " |",
+                  "|---|" + "---:|" * (len(corr.columns) - 1)]
+        for _, r in corr.iterrows():
+            lines.append(f"| {r['signal']} | " + " | ".join(f"{v:.2f}" for v in r.iloc[1:])
+                         + " |")
+    if several and outcomes:
+        n = max(o.seed for o in outcomes)
+        lines += ["", f"The grid's best configuration over realizations 1..{n} (one recorded "
+                  f"seed drawn per configuration, as the studies replay them): " + ", ".join(
+                      f"{run_key(curves.configs[c], 0)[:-3]} {share:.0%}"
+                      for c, share in best_configurations(curves, n))]
     noise = noise or seed_noise(curves)
-    lines += ["", f"seed noise over {noise['pairs']:.0f} configurations with two seeds: mean "
-              f"|difference| final test F1 {noise['final test/f1']:.3f}, final val F1 "
-              f"{noise['final val/f1']:.3f}"]
+    lines += ["", f"seed noise over {noise['pairs']:.0f} configurations with several seeds "
+              f"(every pair): mean |difference| final test F1 {noise['final test/f1']:.3f}, "
+              f"final val F1 {noise['final val/f1']:.3f}"]
     return "\n".join(lines)
 
 
