@@ -16,9 +16,11 @@ folder that every configuration reads, so a second training seed changes the ini
 dropout and batch order but not the clauses. Validation and test are the full splits.
 
 One parquet file per run (configuration x seed) under `OUT/runs/`, written when the run
-ends; a restarted recording skips the runs already there. Each run trains in a fresh worker
-process, `--parallel` of them at once (the committed 15 runs took 75 minutes here two at a
-time, one per core; one at a time they took 2.9 hours). `OUT/meta.json`
+ends; a restarted recording skips the runs already there, and one asked for more seeds
+(`--seeds 42 43 44 --seed-share 1`) adds only their runs. Each run trains in a fresh worker
+process, `--parallel` of them at once (the committed 36 runs, 3 seeds of 12 configurations,
+took 3 hours here two at a time, one per core, in two steps: 15 runs in 75 minutes, then 21
+in 108). `OUT/meta.json`
 holds the grid, the subsample's rows, the labels of the validation and test clauses, the
 seeds and the command.
 """
