@@ -7,7 +7,7 @@ under Ray Tune, mirrored into MLflow, experiment `bench-confirm`), one after the
 the recording's data (the same stratified train subsample, `bench.curves.prepare_data`)
 and with its grid as the search space (`bench.replay.grid_space`):
 
-    defaults  the study's own defaults (Optuna + ASHA ranked on val/ap), --default-trials
+    defaults  the study's own defaults (Optuna + ASHA ranked on val/soft_f1), --default-trials
     random    random search without early stopping, --trials trials (the replay's baseline)
 
 Each study's reports, in the order the driver received them, are judged as a replayed
@@ -59,7 +59,7 @@ from bench.replay import (
 log = logging.getLogger("bench.confirm")
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULTS = "optuna+asha ap"  # the replayed method that is the study's defaults (checked)
+DEFAULTS = "optuna+asha soft-f1"  # the replayed method that is the study's defaults (checked)
 EXPERIMENT = "bench-confirm"
 
 
@@ -96,7 +96,8 @@ def grid_study(space: tuple[Any, ...], **settings: Any) -> Any:
             "search_metric": study.search_metric == method.signal,
             "grace_period": study.grace_period == method.grace_period,
             "reduction_factor": study.reduction_factor == method.reduction_factor,
-            "startup_trials": study.startup_trials == method.startup_trials}
+            "startup_trials": study.startup_trials == method.startup_trials,
+            "skip_repeats": study.skip_repeats == method.skip_repeats}
     if not all(same.values()):
         raise SystemExit(f"bench.confirm: the study's defaults differ from the replayed method "
                          f"{DEFAULTS!r} in {', '.join(k for k, v in same.items() if not v)}")

@@ -438,7 +438,7 @@ class Method:
 
 BASELINE = "random"
 PLOTTED = ("random", "optuna", "random+asha", "optuna+asha", "optuna+asha ap",
-           "optuna+asha soft-f1", "optuna+asha grace 2")
+           "optuna+asha ap repeats", "optuna+asha soft-f1")
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("random", search="random", scheduler="none"),
     Method("random+asha", search="random"),
@@ -543,7 +543,7 @@ def replay_study(curves_dir: Path, curves: Curves, method: Method, seed: int, nu
         skip_repeats=method.skip_repeats,
         storage_path=str(storage), max_failures=0,
         # The replay reports the method's signal under the objective's name, so the searcher
-        # and ASHA rank on the objective's key ("optuna+asha ap" is the default study).
+        # and ASHA rank on the objective's key ("optuna+asha soft-f1" is the default study).
         search_metric=OBJECTIVE.metric)
     base = TrialConfig(epochs=curves.epochs)
     trial_fn = functools.partial(replay_trial, curves=str(curves_dir.resolve()), only=only,

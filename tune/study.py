@@ -68,12 +68,12 @@ class StudyConfig:
     trained again (trials are seeded, so a repeat retrains the same curve; `tune.repeats`),
     and the study ends early once every configuration of a space of choices was tried.
     Random search samples independently, repeats included (the benchmarks' baseline)."""
-    search_metric: Literal["val/f1", "val/ap", "val/soft_f1", "val/loss"] = "val/ap"
+    search_metric: Literal["val/f1", "val/ap", "val/soft_f1", "val/loss"] = "val/soft_f1"
     """What Optuna and ASHA rank trials on while the study runs: a steadier signal from the
-    same validation clauses than the objective (val/ap, the average precision of P(unfair),
-    ranks early epochs better; val/soft_f1, F1 with P(unfair) as fractional predictions),
-    val/f1 itself, or val/loss. BENCHMARKS.md, replayed studies, has the evidence for each
-    and why val/ap is the default. The champion is picked by the objective either way."""
+    same validation clauses than the objective (val/soft_f1, F1 with P(unfair) as
+    fractional predictions; val/ap, the average precision of P(unfair)), val/f1 itself, or
+    val/loss. BENCHMARKS.md, replayed studies, has the evidence for each and why val/soft_f1
+    is the default. The champion is picked by the objective either way."""
     startup_trials: int | None = None
     """Random trials before TPE takes over; None sizes it to the budget (a third, 2 to 10)."""
     scheduler: Literal["asha", "none"] = "asha"

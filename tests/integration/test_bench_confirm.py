@@ -48,7 +48,7 @@ def test_confirm_runs_real_studies_that_match_the_recording(tiny_recording, tmp_
         assert champion["test/f1 measured"] == pytest.approx(champion["test/f1 recorded"],
                                                               abs=0.02)
     assert lives["confirm-random-s1"]["outcome"]["trial_epochs"] == 6  # 2 trials x 3 epochs
-    assert "| optuna+asha ap (live) | random (live) |" in proc.stdout
+    assert "| optuna+asha soft-f1 (live) | random (live) |" in proc.stdout
     assert "2 replays: reached" in proc.stdout
     # A second run keeps both studies and only prints the table.
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
