@@ -303,8 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     lives = []
     for method, study in studies.items():
         kept = args.out / f"{study.name}.json"
-        if kept.is_file():
-            lives.append(Live(**json.loads(kept.read_text())))
+        saved = json.loads(kept.read_text()) if kept.is_file() else None
+        if saved is not None and saved["method"] != method:  # made under other defaults
+            raise SystemExit(f"bench.confirm: {kept} holds a {saved['method']!r} study, not "
+                             f"{method!r}; move it (and its study folder) away or pass "
+                             f"another --search-seed")
+        if saved is not None:
+            lives.append(Live(**saved))
             log.info("%s: kept from %s", study.name, kept)
             continue
         started = read_study_file(study.experiment_path) is not None
