@@ -266,7 +266,8 @@ def champion_curve(events: Sequence[tuple[str, int, int]], curves: Curves,
 
 def judge(method: str, seed: int, events: Sequence[tuple[str, int, int]], curves: Curves,
           budget: int, realization: int, seconds: float = 0.0,
-          scores: dict[tuple[str, int], float] | None = None, spec: str = "") -> Outcome:
+          scores: dict[tuple[str, int], float] | None = None, spec: str = "",
+          asked: int = 0) -> Outcome:
     """An Outcome from a study's events (see `champion_curve`, `scores` included) and the
     baseline's budget."""
     grid = curves.champion_test(realization)
@@ -298,7 +299,7 @@ def judge(method: str, seed: int, events: Sequence[tuple[str, int, int]], curves
                    top_killed=sum(c in top for c in killed),
                    best_started=started.count(best), best_killed=killed.count(best),
                    seconds=round(seconds, 2), champion=[round(v, 5) for v in champion],
-                   spec=spec)
+                   asked=asked, spec=spec)
 
 
 def summarize(outcomes: Sequence[Outcome], baseline: str) -> pd.DataFrame:
@@ -699,8 +700,8 @@ def _replay_all(curves_dir: Path, curves: Curves, todo: list[tuple[str, int]],
             events, seconds = replay_study(curves_dir, curves, method, seed, counts[name],
                                            storage, max_concurrent, only=only)
             outcome = judge(name, seed, events, curves, trials * curves.epochs,
-                            realization=seed, seconds=seconds, spec=method.spec)
-            outcome.asked = counts[name]
+                            realization=seed, seconds=seconds, spec=method.spec,
+                            asked=counts[name])
             with out.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({**asdict(outcome), "events": events}) + "\n")
             elapsed = time.time() - started

@@ -137,7 +137,7 @@ class SkipRepeats(Searcher):
             self.tried.pop(key, None)
         else:  # what a searcher reads of a result: its plain values (kept as JSON on save)
             self.results[key] = None if result is None else {
-                k: _plain(v) for k, v in result.items() if _plain(v) is not _SKIP}
+                k: plain for k, v in result.items() if (plain := _plain(v)) is not _SKIP}
 
     # -- state, for a resumed study ----------------------------------------------------------
 
