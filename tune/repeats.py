@@ -39,6 +39,7 @@ def config_key(config: dict[str, Any]) -> str:
 
 
 _SKIP = object()
+_ANSWERED = object()
 
 
 def _plain(value: Any) -> Any:
@@ -93,16 +94,11 @@ class SkipRepeats(Searcher):
         return self.searcher.set_max_concurrency(max_concurrent)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        if self.waiting is not None:
+        if self.waiting is not None:  # a repeat waited for its running trial: settle it first
             inner_id, config, key = self.waiting
-            if key in self.results:
-                self.waiting = None
-                self._answer(inner_id, key)
-            elif key not in self.tried:  # its trial failed: train the configuration now
-                self.waiting = None
-                return self._start(trial_id, inner_id, config, key)
-            else:
-                return None  # Tune asks again once a trial ends
+            self.waiting = None
+            if (placed := self._place(trial_id, inner_id, config, key)) is not _ANSWERED:
+                return placed
         for _ in range(self.asks):
             if self.space_size is not None and len(self.tried) >= self.space_size:
                 log.info("every one of the space's %d configurations has been tried; the search "
@@ -114,13 +110,9 @@ class SkipRepeats(Searcher):
             config = self.searcher.suggest(inner_id)
             if config is None or config == Searcher.FINISHED:
                 return config
-            key = config_key(config)
-            if key not in self.tried:
-                return self._start(trial_id, inner_id, config, key)
-            if key not in self.results:
-                self.waiting = (inner_id, config, key)
-                return None
-            self._answer(inner_id, key)
+            if (placed := self._place(trial_id, inner_id, config,
+                                      config_key(config))) is not _ANSWERED:
+                return placed
         return None
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -174,6 +166,19 @@ class SkipRepeats(Searcher):
         self.set_state(saved["state"])
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _place(self, trial_id: str, inner_id: str, config: dict[str, Any],
+               key: str) -> dict[str, Any] | object | None:
+        """One proposal's fate: trained as `trial_id` if untried or its trial failed (returns
+        the configuration), answered from its ended trial (_ANSWERED: ask again), or kept
+        waiting while its trial runs (None: Tune asks again once a trial ends)."""
+        if key not in self.tried:
+            return self._start(trial_id, inner_id, config, key)
+        if key not in self.results:
+            self.waiting = (inner_id, config, key)
+            return None
+        self._answer(inner_id, key)
+        return _ANSWERED
 
     def _start(self, trial_id: str, inner_id: str, config: dict[str, Any],
                key: str) -> dict[str, Any]:

@@ -30,6 +30,9 @@ from tune.space import (
 # direction of each: metrics every trial logs for its validation split.
 SEARCH_METRICS = {OBJECTIVE.metric: OBJECTIVE.mode, "val/ap": "max", "val/soft_f1": "max",
                   "val/loss": "min"}
+# The same names as a type, for StudyConfig's annotation (the CLI's --search-metric choices):
+# Literal flattens a tuple of values, so the names are written once, above.
+SearchMetric = Literal[tuple(SEARCH_METRICS)]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class StudyConfig:
     trained again (trials are seeded, so a repeat retrains the same curve; `tune.repeats`),
     and the study ends early once every configuration of a space of choices was tried.
     Random search samples independently, repeats included (the benchmarks' baseline)."""
-    search_metric: Literal["val/f1", "val/ap", "val/soft_f1", "val/loss"] = "val/soft_f1"
+    search_metric: SearchMetric = "val/soft_f1"
     """What Optuna and ASHA rank trials on while the study runs: a steadier signal from the
     same validation clauses than the objective (val/soft_f1, F1 with P(unfair) as
     fractional predictions; val/ap, the average precision of P(unfair)), val/f1 itself, or
