@@ -258,6 +258,7 @@ def build_base_model(cfg: TrialConfig, device: str, precision: str) -> Any:
         # Gradient checkpointing would trade ~30% speed for memory an encoder does not need.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         _follow_autocast(model)
+        _disable_cpu_inference_repacking(model)
     return model
 
 
@@ -294,7 +295,6 @@ def build_model(cfg: TrialConfig, device: str, precision: str) -> Any:
         model = get_peft_model(model, lora)
     except (ValueError, TypeError) as e:  # not in the model; or a LoRA layer inside the head
         raise UserError(f"target_modules {targets}: {first_line(e)}") from None
-    _disable_cpu_inference_repacking(model)
     return model.train()  # from_pretrained leaves eval mode, which Lightning would keep
 
 
@@ -302,6 +302,9 @@ def _disable_cpu_inference_repacking(model: torch.nn.Module) -> None:
     # bitsandbytes 0.50 repacks 4-bit weights for AVX512-BF16 inference on the first eval
     # forward; the next training step then fails ("a view of a leaf Variable that requires
     # grad is being used in an in-place operation"). Validation between epochs triggers it.
+    # Off for every 4-bit model built here, reloaded ones too: the repacked kernel rounds
+    # differently (about 1e-2 on a layer's output), so a reloaded adapter would not score
+    # the test split as its trial did on CPUs that have AVX512-BF16.
     try:
         from bitsandbytes.nn import Linear4bit
     except Exception:
