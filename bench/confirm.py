@@ -292,6 +292,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                              num_trials=args.trials, search="random", scheduler="none",
                              **common),
     }
+    # A kept study made under other defaults is refused before anything runs.
+    for method, study in studies.items():
+        kept = args.out / f"{study.name}.json"
+        saved = json.loads(kept.read_text()) if kept.is_file() else None
+        if saved is not None and saved["method"] != method:
+            raise SystemExit(f"bench.confirm: {kept} holds a {saved['method']!r} study, not "
+                             f"{method!r}; move it (and its study folder) away or pass "
+                             f"another --search-seed")
     # The replayed distributions first: a few minutes, and a fresh checkout has none yet.
     # Each method replayed with the trials its real study runs.
     replays = replayed(args.curves, curves, list(studies), args.replay_seeds, args.trials,
@@ -304,10 +312,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for method, study in studies.items():
         kept = args.out / f"{study.name}.json"
         saved = json.loads(kept.read_text()) if kept.is_file() else None
-        if saved is not None and saved["method"] != method:  # made under other defaults
-            raise SystemExit(f"bench.confirm: {kept} holds a {saved['method']!r} study, not "
-                             f"{method!r}; move it (and its study folder) away or pass "
-                             f"another --search-seed")
         if saved is not None:
             lives.append(Live(**saved))
             log.info("%s: kept from %s", study.name, kept)

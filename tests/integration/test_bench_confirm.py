@@ -54,3 +54,15 @@ def test_confirm_runs_real_studies_that_match_the_recording(tiny_recording, tmp_
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0 and again.stderr.count("kept from") == 2, again.stderr[-2000:]
+    # A kept study made under other defaults is refused at once, in one line, and kept.
+    kept = out / "confirm-defaults-s1.json"
+    saved = json.loads(kept.read_text())
+    kept.write_text(json.dumps({**saved, "method": "optuna+asha ap"}))
+    refused = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"bench.confirm: {kept} holds a 'optuna+asha ap' study, not 'optuna+asha soft-f1'; "
+        f"move it (and its study folder) away or pass another --search-seed")
+    assert "replayed:" not in refused.stderr and "| optuna+asha" not in refused.stdout
+    assert json.loads(kept.read_text())["method"] == "optuna+asha ap"
