@@ -292,14 +292,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                              num_trials=args.trials, search="random", scheduler="none",
                              **common),
     }
-    # A kept study made under other defaults is refused before anything runs.
-    for method, study in studies.items():
-        kept = args.out / f"{study.name}.json"
-        saved = json.loads(kept.read_text()) if kept.is_file() else None
-        if saved is not None and saved["method"] != method:
-            raise SystemExit(f"bench.confirm: {kept} holds a {saved['method']!r} study, not "
-                             f"{method!r}; move it (and its study folder) away or pass "
-                             f"another --search-seed")
+    # Each study's kept outcome, if any; one made under other defaults is refused before
+    # anything runs.
+    kept = {method: args.out / f"{study.name}.json" for method, study in studies.items()}
+    saved = {method: json.loads(path.read_text()) for method, path in kept.items()
+             if path.is_file()}
+    for method, outcome in saved.items():
+        if outcome["method"] != method:
+            raise SystemExit(f"bench.confirm: {kept[method]} holds a {outcome['method']!r} "
+                             f"study, not {method!r}; move it (and its study folder) away or "
+                             f"pass another --search-seed")
     # The replayed distributions first: a few minutes, and a fresh checkout has none yet.
     # Each method replayed with the trials its real study runs.
     replays = replayed(args.curves, curves, list(studies), args.replay_seeds, args.trials,
@@ -310,11 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for m, s in studies.items()))
     lives = []
     for method, study in studies.items():
-        kept = args.out / f"{study.name}.json"
-        saved = json.loads(kept.read_text()) if kept.is_file() else None
-        if saved is not None:
-            lives.append(Live(**saved))
-            log.info("%s: kept from %s", study.name, kept)
+        if method in saved:
+            lives.append(Live(**saved[method]))
+            log.info("%s: kept from %s", study.name, kept[method])
             continue
         started = read_study_file(study.experiment_path) is not None
         if not (started and finished(study, curves.epochs)):
