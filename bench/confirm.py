@@ -55,6 +55,7 @@ from bench.replay import (
     quantile,
     replayed,
 )
+from trainable.adapter import write_json
 
 log = logging.getLogger("bench.confirm")
 
@@ -174,7 +175,7 @@ def judge_live(method: str, study: Any, curves: Curves, seed: int, budget: int,
     live = Live(method=method, study=study.name, outcome=asdict(outcome), events=events,
                 seconds=round(seconds, 1), champion=champion,
                 fidelity=fidelity(records, curves, seed))
-    (out / f"{study.name}.json").write_text(json.dumps(asdict(live), indent=1))
+    write_json(out / f"{study.name}.json", asdict(live))  # atomic: a kept outcome is whole
     return live
 
 
@@ -262,6 +263,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def read_kept(path: Path) -> dict[str, Any]:
+    """A finished study's kept outcome; an unreadable one is a one-line error."""
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as e:
+        saved, reason = None, f"not JSON: {e}"
+    else:
+        reason = "no method named"
+    if not isinstance(saved, dict) or "method" not in saved:
+        raise SystemExit(f"bench.confirm: {path} is not a kept study outcome ({reason}); "
+                         f"move it away to run that study again")
+    return saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -295,8 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Each study's kept outcome, if any; one made under other defaults is refused before
     # anything runs.
     kept = {method: args.out / f"{study.name}.json" for method, study in studies.items()}
-    saved = {method: json.loads(path.read_text()) for method, path in kept.items()
-             if path.is_file()}
+    saved = {method: read_kept(path) for method, path in kept.items() if path.is_file()}
     for method, outcome in saved.items():
         if outcome["method"] != method:
             raise SystemExit(f"bench.confirm: {kept[method]} holds a {outcome['method']!r} "

@@ -66,3 +66,10 @@ def test_confirm_runs_real_studies_that_match_the_recording(tiny_recording, tmp_
         f"move it (and its study folder) away or pass another --search-seed")
     assert "replayed:" not in refused.stderr and "| optuna+asha" not in refused.stdout
     assert json.loads(kept.read_text())["method"] == "optuna+asha ap"
+    # So is a kept outcome cut short (one written before writes were atomic).
+    kept.write_text(json.dumps(saved)[:100])
+    torn = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert torn.returncode != 0 and "Traceback" not in torn.stderr, torn.stderr[-2000:]
+    assert torn.stderr.strip().splitlines()[-1].startswith(
+        f"bench.confirm: {kept} is not a kept study outcome (not JSON: ")
