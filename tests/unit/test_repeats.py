@@ -146,3 +146,40 @@ def test_an_answered_repeat_gets_the_earlier_result_s_numbers_whatever_their_typ
     assert searcher.suggest("t1") == b
     done = inner._ot_study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     assert [t.value for t in done] == [0.25, 0.25]
+
+
+def test_a_trial_that_ended_after_the_last_snapshot_runs_again_without_ending_the_study(tmp_path):
+    """The driver killed within Ray's snapshot period of a trial's end: the resumed study runs
+    that trial again from its checkpoint, while Optuna's sqlite study (the driver's storage)
+    already recorded its end. Its results are then not told again, and nothing raises."""
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune.repeats import SkipRepeats
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = {"lr": tune.choice(list(SPACE_LR)), "lora_rank": tune.choice(list(SPACE_RANK))}
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    def searcher():
+        inner = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=0), study_name="s",
+                             storage=optuna.storages.RDBStorage(url))
+        wrapped = SkipRepeats(inner, space_size=SPACE_SIZE)
+        assert wrapped.set_search_properties("val/ap", "max", space)
+        return wrapped
+
+    first = searcher()
+    config = first.suggest("t0")
+    first.on_trial_result("t0", {"val/ap": score(config), "training_iteration": 1})
+    first.save(str(tmp_path / "snapshot"))  # Ray's last snapshot: t0 still running
+    first.on_trial_complete("t0", result={"val/ap": score(config), "training_iteration": 2})
+
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "snapshot"))
+    resumed.on_trial_result("t0", {"val/ap": score(config), "training_iteration": 2})
+    resumed.on_trial_complete("t0", result={"val/ap": score(config), "training_iteration": 2})
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE]
+    assert trials[0].value == pytest.approx(score(config))
+    assert resumed.suggest("t1") not in (None, config)  # the study goes on
