@@ -100,13 +100,14 @@ def make_searcher(study: StudyConfig) -> Any:
         return BasicVariantGenerator(random_state=study.search_seed,
                                      max_concurrent=study.max_concurrent)
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from tune.optuna_search import ResumableOptunaSearch
 
     url = optuna_storage_url(study)
     Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     sampler = optuna.samplers.TPESampler(seed=study.search_seed, n_startup_trials=study.n_startup_trials)
-    searcher = OptunaSearch(sampler=sampler, study_name=study.name,
-                            storage=optuna.storages.RDBStorage(url))
+    searcher = ResumableOptunaSearch(sampler=sampler, study_name=study.name,
+                                     storage=optuna.storages.RDBStorage(url))
     if not study.skip_repeats:
         return searcher
     from tune.repeats import SkipRepeats

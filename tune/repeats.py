@@ -21,13 +21,11 @@ ends (`StudyConfig.trials_to_run`). A space with a range never repeats a configu
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import numbers
 import os
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -38,21 +36,6 @@ log = logging.getLogger("tune")
 def config_key(config: dict[str, Any]) -> str:
     """A configuration's identity: its sampled values (float choices compare exactly)."""
     return json.dumps(config, sort_keys=True, default=str)
-
-
-@contextlib.contextmanager
-def _told_already(trial_id: str) -> Iterator[None]:
-    """A resumed study may run again a trial that ended after Ray's last snapshot of the study
-    (taken every 10 s or more), while Optuna's sqlite study recorded its end at once: Optuna
-    then refuses its results (UpdateFinishedTrialError), which would end the study. It already
-    holds that trial's outcome, so the repeat is not told again."""
-    try:
-        yield
-    except Exception as e:
-        if type(e).__name__ != "UpdateFinishedTrialError":  # optuna.exceptions'; optuna is
-            raise                                          # not imported for other searchers
-        log.info("trial %s ended before the study was resumed; the searcher keeps its first "
-                 "outcome", trial_id)
 
 
 _SKIP = object()
@@ -133,14 +116,12 @@ class SkipRepeats(Searcher):
         return None
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        with _told_already(trial_id):
-            self.searcher.on_trial_result(self.inner_ids.get(trial_id, trial_id), result)
+        self.searcher.on_trial_result(self.inner_ids.get(trial_id, trial_id), result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
-        with _told_already(trial_id):
-            self.searcher.on_trial_complete(self.inner_ids.get(trial_id, trial_id),
-                                            result=result, error=error)
+        self.searcher.on_trial_complete(self.inner_ids.get(trial_id, trial_id), result=result,
+                                        error=error)
         key = self.keys.pop(trial_id, None)
         if key is None:
             return
